@@ -1,4 +1,4 @@
-"""Configuration: one YAML file loaded into frozen dataclasses, with `--set key.sub=value` overrides.
+"""Configuration: a YAML file loaded into frozen dataclasses, with `--set key.sub=value` overrides.
 
 Every section is a frozen dataclass, so a config is a value: it can be compared, hashed, dumped
 next to a trained model and loaded back unchanged. Unknown keys and wrong types are errors that
@@ -8,6 +8,7 @@ name the dotted key, because a typo in a recipe should never silently train the 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,6 +125,17 @@ class Config:
     output_dir: str = "runs/model"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats like `5e-4` (YAML 1.1 needs `5.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 _CHOICES = {
     "model.attention": ("none", "luong", "bahdanau"),
     "tokenizer.model_type": ("unigram", "bpe"),
@@ -200,7 +212,7 @@ def _set_dotted(tree: dict, override: str) -> None:
     if not all(parts):
         raise ConfigError(f"override '{override}' has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     node = tree
@@ -224,7 +236,9 @@ def config_from_dict(values: dict | None, overrides: list[str] | tuple[str, ...]
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Loads a YAML config file (or the defaults when `path` is None) and applies overrides.
 
     Args:
@@ -240,7 +254,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     return config_from_dict(values, overrides)
@@ -299,10 +313,13 @@ def _validate(config: Config) -> None:
     if config.tokenizer.vocab_size < 8:
         raise ConfigError("config key 'tokenizer.vocab_size' must be at least 8")
     if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"config key 'model.dropout' must be in [0, 1), got {config.model.dropout}")
+        raise ConfigError(
+            f"config key 'model.dropout' must be in [0, 1), got {config.model.dropout}"
+        )
     if not 0.0 <= config.train.label_smoothing < 1.0:
         raise ConfigError(
-            f"config key 'train.label_smoothing' must be in [0, 1), got {config.train.label_smoothing}"
+            "config key 'train.label_smoothing' must be in [0, 1), "
+            f"got {config.train.label_smoothing}"
         )
     if config.decode.n_best > config.decode.beam_size:
         raise ConfigError(
