@@ -1,0 +1,340 @@
+"""Greedy and beam search: pure TensorFlow functions over a step callback.
+
+The model is a callback, `step_fn(tokens, state) -> (log_probs, new_state)`, so the search knows
+nothing about layers and tests can drive it with scripted tables. Every loop is an explicit
+`tf.while_loop` over a NamedTuple state, so the functions run eagerly, inside `tf.function` and
+inside `tf.function(autograph=False)` (what `keras.export.ExportArchive` uses), with a dynamic
+batch size and vocabulary.
+
+Conventions shared by both searches:
+
+- `max_lengths[b]` is the maximum number of decoding steps of sentence `b`, i.e. of output
+  tokens counting EOS. A hypothesis that ends with EOS has at most `max_length - 1` real tokens;
+  one that is cut at the limit has exactly `max_length` and no EOS. The loop runs at most
+  `max(max_lengths)` steps. A sentence with `max_length <= 0` gets the empty hypothesis.
+- Results hold no BOS or EOS, are right-padded with 0 and trimmed to the longest hypothesis
+  returned. `log_probs` sums the token log-probabilities, EOS included when it was emitted;
+  `scores` divides them by the GNMT length penalty ((5 + len) / 6) ** alpha, where len counts EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
+"""step_fn(tokens [N] int32, state) -> (log_probs [N, vocab] float32, new_state).
+
+`state` is any tf.nest structure whose tensors all have leading dimension N and keep their
+shape and dtype across steps. log_probs must be <= 0 (beam search's early stop relies on it) and
+vocab >= 2.
+"""
+
+_NEG_INF = float("-inf")
+
+
+class DecodeResult(NamedTuple):
+    """Decoded hypotheses, best first (greedy search returns n_best = 1)."""
+
+    tokens: tf.Tensor  # [batch, n_best, time] int32, no BOS/EOS, right-padded with 0
+    lengths: tf.Tensor  # [batch, n_best] int32, real tokens
+    log_probs: tf.Tensor  # [batch, n_best] float32, -inf where fewer hypotheses were found
+    scores: tf.Tensor  # [batch, n_best] float32, log_probs / length penalty
+
+
+class _Finished(NamedTuple):
+    """Finished hypotheses of a beam search, sorted by score; empty slots score -inf."""
+
+    tokens: tf.Tensor  # [batch, beam, time] int32
+    lengths: tf.Tensor  # [batch, beam] int32
+    log_probs: tf.Tensor  # [batch, beam] float32
+    scores: tf.Tensor  # [batch, beam] float32
+
+
+class _BeamState(NamedTuple):
+    """Loop state of `beam_search` (a NamedTuple because tf.while_loop needs a tf.nest type)."""
+
+    step: tf.Tensor  # [] int32, tokens generated so far by every live hypothesis
+    live_tokens: tf.Tensor  # [batch, beam, time] int32
+    last_tokens: tf.Tensor  # [batch, beam] int32, next input of step_fn (BOS at step 0)
+    live_log_probs: tf.Tensor  # [batch, beam] float32, sorted descending
+    model_state: Any  # tf.nest of [batch * beam, ...]
+    finished: _Finished
+    done: tf.Tensor  # [batch] bool, the sentence's search is over
+
+
+class _GreedyState(NamedTuple):
+    """Loop state of `greedy_search`."""
+
+    step: tf.Tensor  # [] int32
+    tokens: tf.Tensor  # [batch, time] int32
+    last_tokens: tf.Tensor  # [batch] int32
+    log_probs: tf.Tensor  # [batch] float32
+    lengths: tf.Tensor  # [batch] int32
+    ended: tf.Tensor  # [batch] bool, EOS was emitted
+    done: tf.Tensor  # [batch] bool
+    model_state: Any  # tf.nest of [batch, ...]
+
+
+def _length_penalty(length: tf.Tensor | int, alpha: float) -> tf.Tensor:
+    """GNMT length penalty ((5 + length) / 6) ** alpha; exactly 1 when alpha is 0."""
+    if alpha == 0.0:
+        return tf.ones_like(tf.cast(length, tf.float32))
+    # float32 pow differs by an ulp between the vectorised and scalar kernels, which would
+    # make scores depend on tensor shapes (greedy vs beam 1, batch size); float64 rounded to
+    # float32 does not.
+    length = tf.cast(length, tf.float64)
+    return tf.cast(((5.0 + length) / 6.0) ** alpha, tf.float32)
+
+
+def _loop_shapes(state: NamedTuple) -> NamedTuple:
+    """Shape invariants: any shape for our tensors, any leading dim for the model state.
+
+    The leading dimension is relaxed so a step_fn whose outputs lose the static batch size
+    (common with Keras layers) does not break the loop.
+    """
+    shapes = tf.nest.map_structure(lambda t: tf.TensorShape([None] * t.shape.rank), state)
+    model_shapes = tf.nest.map_structure(
+        lambda t: tf.TensorShape([None]).concatenate(t.shape[1:]), state.model_state
+    )
+    return shapes._replace(step=tf.TensorShape([]), model_state=model_shapes)
+
+
+def _prepare_lengths(max_lengths: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Returns max_lengths as int32 [batch], the batch size and the number of loop steps."""
+    max_lengths = tf.cast(tf.convert_to_tensor(max_lengths), tf.int32)
+    # reduce_max of an empty batch is INT_MIN; clamp so buffers get a valid size.
+    max_steps = tf.maximum(tf.reduce_max(max_lengths), 0)
+    return max_lengths, tf.shape(max_lengths)[0], max_steps
+
+
+def _trim(tokens: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    """Drops time steps past the longest hypothesis. tokens: [batch, n, time]."""
+    return tokens[:, :, : tf.maximum(tf.reduce_max(lengths), 0)]
+
+
+def greedy_search(
+    step_fn: StepFn,
+    initial_state: Any,
+    max_lengths: tf.Tensor,
+    bos_id: int = 2,
+    eos_id: int = 3,
+    length_penalty: float = 0.0,
+) -> DecodeResult:
+    """Decodes the most probable token at every step until EOS or the maximum length.
+
+    Args:
+        step_fn: the model, see `StepFn`.
+        initial_state: tf.nest of [batch, ...] tensors, the decoder state before BOS.
+        max_lengths: [batch] int, maximum decoding steps per sentence (EOS counted).
+        bos_id: first input token.
+        eos_id: token that ends a hypothesis.
+        length_penalty: alpha of the GNMT penalty, used only for `scores`.
+
+    Returns:
+        A DecodeResult with n_best = 1; equal, token for token, to `beam_search` with beam 1.
+    """
+    max_lengths, batch, max_steps = _prepare_lengths(max_lengths)
+    positions = tf.range(max_steps)  # [time]
+
+    def body(s: _GreedyState) -> tuple[_GreedyState]:
+        log_probs, model_state = step_fn(s.last_tokens, s.model_state)  # [batch, vocab]
+        # Rank cumulative scores with top_k, exactly as beam_search does, so that rounding
+        # and ties (lowest id first) resolve identically.
+        best, token = tf.math.top_k(s.log_probs[:, None] + log_probs, 1)
+        best, token = best[:, 0], token[:, 0]  # [batch]
+        active = ~s.done
+        is_eos = tf.equal(token, eos_id)
+        grow = active & ~is_eos
+        write = grow[:, None] & tf.equal(positions, s.step)[None, :]  # [batch, time]
+        ended = s.ended | (active & is_eos)
+        new = _GreedyState(
+            step=s.step + 1,
+            tokens=tf.where(write, token[:, None], s.tokens),
+            last_tokens=token,
+            log_probs=tf.where(active, best, s.log_probs),
+            lengths=s.lengths + tf.cast(grow, tf.int32),
+            ended=ended,
+            done=s.done | ended | (s.step + 1 >= max_lengths),
+            model_state=model_state,
+        )
+        return (new,)
+
+    init = _GreedyState(
+        step=tf.constant(0),
+        tokens=tf.zeros([batch, max_steps], tf.int32),
+        last_tokens=tf.fill([batch], tf.constant(bos_id, tf.int32)),
+        log_probs=tf.zeros([batch], tf.float32),
+        lengths=tf.zeros([batch], tf.int32),
+        ended=tf.zeros([batch], tf.bool),
+        done=max_lengths <= 0,
+        model_state=initial_state,
+    )
+    (final,) = tf.while_loop(
+        lambda s: (s.step < max_steps) & ~tf.reduce_all(s.done),
+        body,
+        (init,),
+        shape_invariants=(_loop_shapes(init),),
+    )
+    penalty = _length_penalty(final.lengths + tf.cast(final.ended, tf.int32), length_penalty)
+    return DecodeResult(
+        tokens=_trim(final.tokens[:, None, :], final.lengths),
+        lengths=final.lengths[:, None],
+        log_probs=final.log_probs[:, None],
+        scores=(final.log_probs / penalty)[:, None],
+    )
+
+
+def beam_search(
+    step_fn: StepFn,
+    initial_state: Any,
+    max_lengths: tf.Tensor,
+    beam_size: int,
+    length_penalty: float = 0.0,
+    n_best: int = 1,
+    bos_id: int = 2,
+    eos_id: int = 3,
+) -> DecodeResult:
+    """Beam search with finished hypotheses kept aside and the GNMT length penalty.
+
+    Each step takes the top 2k candidates by log-probability; an EOS candidate is finished only
+    if it ranks within the top k, and the live beam continues with the top k non-EOS candidates
+    (fairseq's rule, which makes beam 1 identical to greedy search). A sentence stops when it
+    has k finished hypotheses, when no live hypothesis can beat its n_best-th finished one, or
+    at its maximum length, where the live hypotheses are finished as they are.
+
+    Args:
+        step_fn: the model, see `StepFn`; called on batch * beam_size rows.
+        initial_state: tf.nest of [batch, ...] tensors, tiled to [batch * beam_size, ...].
+        max_lengths: [batch] int, maximum decoding steps per sentence (EOS counted).
+        beam_size: k >= 1.
+        length_penalty: alpha >= 0 of the GNMT penalty; 0 ranks by log-probability.
+        n_best: hypotheses returned per sentence, 1 <= n_best <= beam_size.
+        bos_id: first input token.
+        eos_id: token that ends a hypothesis.
+
+    Returns:
+        A DecodeResult sorted by score; a sentence with fewer than n_best hypotheses found has
+        its remaining slots empty with score -inf.
+
+    Raises:
+        ValueError: if beam_size < 1 or n_best is not within [1, beam_size].
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be within [1, beam_size={beam_size}], got {n_best}")
+    k, alpha = beam_size, float(length_penalty)
+    max_lengths, batch, max_steps = _prepare_lengths(max_lengths)
+    positions = tf.range(max_steps)  # [time]
+    # A live hypothesis's score can at best keep its log-prob (<= 0) and reach the largest
+    # penalty, so live_log_prob / penalty(max_length) bounds it (for alpha = 0 too).
+    max_penalty = _length_penalty(max_lengths, alpha)  # [batch]
+
+    def merge(
+        old: _Finished,
+        tokens: tf.Tensor,  # [batch, m, time]
+        lengths: tf.Tensor,  # [batch, m]
+        log_probs: tf.Tensor,  # [batch, m]
+        penalty_length: tf.Tensor | int,  # [] tokens counted by the penalty (EOS included)
+        valid: tf.Tensor,  # [batch, m] bool
+    ) -> _Finished:
+        """Adds the valid candidates to the k best finished hypotheses."""
+        scores = log_probs / _length_penalty(penalty_length, alpha)
+        valid = valid & (scores > _NEG_INF)  # never finish impossible (-inf) hypotheses
+        new = _Finished(
+            tokens=tf.where(valid[:, :, None], tokens, 0),
+            lengths=tf.where(valid, lengths, 0),
+            log_probs=tf.where(valid, log_probs, _NEG_INF),
+            scores=tf.where(valid, scores, _NEG_INF),
+        )
+        both = tf.nest.map_structure(lambda a, b: tf.concat([a, b], axis=1), old, new)
+        # top_k keeps the lower index first on ties, so older hypotheses win them.
+        _, index = tf.math.top_k(both.scores, k)  # [batch, beam]
+        return tf.nest.map_structure(lambda t: tf.gather(t, index, batch_dims=1), both)
+
+    def body(s: _BeamState) -> tuple[_BeamState]:
+        log_probs, model_state = step_fn(tf.reshape(s.last_tokens, [-1]), s.model_state)
+        vocab = tf.shape(log_probs)[-1]
+        candidates = s.live_log_probs[:, :, None] + tf.reshape(log_probs, [-1, k, vocab])
+        top_log_probs, top_index = tf.math.top_k(tf.reshape(candidates, [-1, k * vocab]), 2 * k)
+        parent, token = top_index // vocab, top_index % vocab  # [batch, 2 * beam]
+        is_eos = tf.equal(token, eos_id)
+        write = ~is_eos[:, :, None] & tf.equal(positions, s.step)[None, None, :]
+        top_tokens = tf.where(  # [batch, 2 * beam, time]; EOS is not stored
+            write, token[:, :, None], tf.gather(s.live_tokens, parent, batch_dims=1)
+        )
+
+        # Each parent yields at most one EOS candidate, so at least k of the 2k are not EOS;
+        # keep the first k of those, in rank order.
+        rank = tf.range(2 * k)[None, :]
+        _, keep = tf.math.top_k(-tf.where(is_eos, rank + 2 * k, rank), k)  # [batch, beam]
+        live_tokens = tf.gather(top_tokens, keep, batch_dims=1)
+        live_log_probs = tf.gather(top_log_probs, keep, batch_dims=1)
+        rows = tf.gather(parent, keep, batch_dims=1) + tf.range(batch)[:, None] * k
+        model_state = tf.nest.map_structure(
+            lambda t: tf.gather(t, tf.reshape(rows, [-1])), model_state
+        )
+
+        active = ~s.done  # finished sentences are frozen
+        last = active & (s.step + 1 >= max_lengths)  # [batch]
+        finishing_eos = is_eos & (rank < k) & active[:, None]
+        finished = merge(
+            s.finished,
+            tf.concat([top_tokens, live_tokens], axis=1),
+            tf.concat([tf.fill(tf.shape(token), s.step), tf.fill(tf.shape(keep), s.step + 1)], 1),
+            tf.concat([top_log_probs, live_log_probs], axis=1),
+            s.step + 1,  # both EOS-finished and cut hypotheses span step + 1 tokens
+            tf.concat([finishing_eos, tf.tile(last[:, None], [1, k])], axis=1),
+        )
+        found = tf.reduce_sum(tf.cast(finished.scores > _NEG_INF, tf.int32), axis=1)
+        hopeless = live_log_probs[:, 0] / max_penalty <= finished.scores[:, n_best - 1]
+        done = s.done | last | (active & ((found >= k) | hopeless))
+        new = _BeamState(
+            step=s.step + 1,
+            live_tokens=live_tokens,
+            last_tokens=tf.gather(token, keep, batch_dims=1),
+            live_log_probs=live_log_probs,
+            model_state=model_state,
+            finished=finished,
+            done=done,
+        )
+        return (new,)
+
+    # Only beam 0 is alive at first: the k copies are identical and must not be expanded twice.
+    live_log_probs = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1])
+    live_tokens = tf.zeros([batch, k, max_steps], tf.int32)
+    empty = _Finished(
+        tokens=live_tokens,
+        lengths=tf.zeros([batch, k], tf.int32),
+        log_probs=tf.fill([batch, k], _NEG_INF),
+        scores=tf.fill([batch, k], _NEG_INF),
+    )
+    # A sentence allowed no step gets the empty hypothesis, as in greedy_search.
+    no_steps = max_lengths <= 0
+    init = _BeamState(
+        step=tf.constant(0),
+        live_tokens=live_tokens,
+        last_tokens=tf.fill([batch, k], tf.constant(bos_id, tf.int32)),
+        live_log_probs=live_log_probs,
+        model_state=tf.nest.map_structure(lambda t: tf.repeat(t, k, axis=0), initial_state),
+        finished=merge(
+            empty, live_tokens, empty.lengths, live_log_probs, 0, tf.tile(no_steps[:, None], [1, k])
+        ),
+        done=no_steps,
+    )
+    (final,) = tf.while_loop(
+        lambda s: (s.step < max_steps) & ~tf.reduce_all(s.done),
+        body,
+        (init,),
+        shape_invariants=(_loop_shapes(init),),
+    )
+    best = tf.nest.map_structure(lambda t: t[:, :n_best], final.finished)
+    return DecodeResult(
+        tokens=_trim(best.tokens, best.lengths),
+        lengths=best.lengths,
+        log_probs=best.log_probs,
+        scores=best.scores,
+    )
