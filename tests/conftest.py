@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny corpora written by the tests, tiny configs, one tiny trained model."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import synthetic  # noqa: E402
+
+from translator.config import Config, config_from_dict  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_files(tmp_path_factory) -> dict[str, Path]:
+    """Synthetic task files: train (2,000 pairs), valid (100), test (200), disjoint."""
+    root = tmp_path_factory.mktemp("synthetic")
+    train, rest = synthetic.split(2000, 300, seed=0)
+    files = {}
+    for name, pairs in (("train", train), ("valid", rest[:100]), ("test", rest[100:])):
+        files[f"{name}.src"], files[f"{name}.tgt"] = root / f"{name}.src", root / f"{name}.tgt"
+        synthetic.write_pairs(pairs, files[f"{name}.src"], files[f"{name}.tgt"])
+    return files
+
+
+def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ()) -> Config:
+    """A tiny, fast model on the synthetic task (hidden 32, vocab ~60)."""
+    values = {
+        "data": {
+            "train": {"source": str(files["train.src"]), "target": str(files["train.tgt"])},
+            "valid": {"source": str(files["valid.src"]), "target": str(files["valid.tgt"])},
+            "test": {"source": str(files["test.src"]), "target": str(files["test.tgt"])},
+            "source_lang": "xx",
+            "target_lang": "en",
+            "max_length": 40,
+        },
+        "tokenizer": {"vocab_size": 64},
+        "model": {"embedding_dim": 32, "units": 32},
+        "train": {
+            "batch_size": 32,
+            "max_steps": 60,
+            "epochs": 0,
+            "learning_rate": 0.01,
+            "log_every": 10,
+            "checkpoint_every": 20,
+            "seed": 7,
+            "eval_bleu_sentences": 50,
+        },
+        "decode": {"max_length": 30},
+        "output_dir": str(output_dir),
+    }
+    return config_from_dict(values, overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(synthetic_files, tmp_path_factory) -> Path:
+    """A tiny model trained for a few hundred steps: good enough to translate the task well."""
+    from translator.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=6"))
+    train(config, progress=False)
+    return out

@@ -1,0 +1,193 @@
+"""Command line: train | translate | evaluate. Thin: each command parses flags and makes one call.
+
+User mistakes (TranslatorError, bad arguments) print one line on stderr and exit with status 2;
+`--debug` shows the traceback and TensorFlow's own logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from translator.errors import DataError, TranslatorError
+
+
+def _decode_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam-size", type=int, help="1 = greedy (default: config decode)")
+    parser.add_argument("--n-best", type=int, help="hypotheses per sentence (<= beam size)")
+    parser.add_argument("--length-penalty", type=float, help="GNMT alpha; 0 = none")
+    parser.add_argument("--max-length-ratio", type=float, help="max output/source length")
+    parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+
+
+def _decode_options(args: argparse.Namespace) -> dict:
+    return {
+        "beam_size": args.beam_size,
+        "n_best": args.n_best,
+        "length_penalty": args.length_penalty,
+        "max_length_ratio": args.max_length_ratio,
+        "batch_size": args.batch_size,
+    }
+
+
+def _read_lines(path: str | None) -> list[str]:
+    """Input sentences, one per line, from a file or stdin (undecodable bytes are replaced)."""
+    if path is None:
+        raw = sys.stdin.buffer.read()
+    else:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read input file {path}: {exc.strerror}") from None
+    text = raw.decode("utf-8", errors="replace")
+    if "\ufffd" in text and b"\xef\xbf\xbd" not in raw:
+        logging.warning("input is not valid UTF-8: undecodable bytes were replaced by U+FFFD")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from translator.config import load_config
+    from translator.train import train
+
+    overrides = list(args.set or [])
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    config = load_config(args.config, overrides)
+    result = train(config, progress=not args.no_progress)
+    print(
+        json.dumps(
+            {
+                "output_dir": config.output_dir,
+                "steps": result.steps,
+                "epochs": result.epochs_done,
+                "seconds": round(result.seconds, 1),
+                "tokens_per_second": round(result.tokens_per_second, 1),
+                "stopped_early": result.stopped_early,
+            }
+        )
+    )
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from translator.api import Translator
+
+    translator = Translator.load(args.model)
+    lines = _read_lines(args.input)
+    results = translator.translate(
+        lines, return_scores=True, progress=args.input is not None, **_decode_options(args)
+    )
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for source, hyps in zip(lines, results, strict=True):
+            if args.format == "jsonl":
+                record = {
+                    "source": source,
+                    "translations": [
+                        {"text": h.text, "score": h.score, "confidence": h.confidence} for h in hyps
+                    ],
+                }
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                out.write(hyps[0].text + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from translator import data
+    from translator.api import Translator
+    from translator.evaluate import score
+
+    translator = Translator.load(args.model)
+    if args.source:
+        corpus = data.read_parallel(args.source, args.target)
+    else:
+        corpus = data.load_corpus(translator.config.data, args.split)
+    hyps = translator.translate(corpus.sources, progress=True, **_decode_options(args))
+    result = score(hyps, corpus.targets)
+    result["origin"] = corpus.origin
+    result["beam_size"] = args.beam_size or translator.config.decode.beam_size
+    if args.hypotheses:
+        Path(args.hypotheses).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="translator", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="tracebacks and TensorFlow logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--output-dir", help="shortcut for --set output_dir=DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate lines from stdin or a file")
+    p.add_argument("--model", required=True, help="trained model directory")
+    p.add_argument("--input", help="input file (default: stdin)")
+    p.add_argument("--output", help="output file (default: stdout)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    _decode_flags(p)
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="sacreBLEU BLEU and chrF as JSON")
+    p.add_argument("--model", required=True, help="trained model directory")
+    p.add_argument("--source", help="source file (or a TSV file alone)")
+    p.add_argument("--target", help="reference file")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "valid", "test"),
+        help="the config's split to use when --source is not given",
+    )
+    p.add_argument("--hypotheses", help="also write the translations to this file")
+    _decode_flags(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `translator` command."""
+    args = build_parser().parse_args(argv)
+    if not args.debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.debug:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+        for noisy in ("tensorflow", "absl", "h5py"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except TranslatorError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""tf.data pipeline: ids, BOS/EOS, length filter, bucketing, batching, prefetch.
+
+Each training element is a triple of right-padded int32 batches (pad id 0):
+
+    source     [batch, src_time]   source pieces + EOS
+    target_in  [batch, tgt_time]   BOS + target pieces      (decoder input, teacher forcing)
+    target_out [batch, tgt_time]   target pieces + EOS      (labels)
+
+The corpus is tokenized once, in-graph, with the tensorflow_text SentencePiece op, so every epoch
+only shuffles and batches ids. Epoch `e` shuffles with seed `seed + e` and is reproducible, so a
+resumed run can skip the batches it already trained on and see exactly the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from translator.tokenizer import BOS_ID, EOS_ID, Tokenizers
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 8192  # sentences per tokenizer call: bounds peak memory on large corpora
+
+
+@dataclass(frozen=True)
+class EncodedCorpus:
+    """A tokenized parallel corpus (ids without BOS/EOS), with what the length filter dropped."""
+
+    source: tf.RaggedTensor  # [pairs, (src_pieces)] int32
+    target: tf.RaggedTensor  # [pairs, (tgt_pieces)] int32
+    dropped_long: int = 0
+
+    def __len__(self) -> int:
+        return int(self.source.nrows())
+
+    @property
+    def target_tokens(self) -> int:
+        """Target tokens per epoch, EOS included (what tokens/s counts)."""
+        return int(tf.size(self.target.flat_values)) + len(self)
+
+
+def tokenize(tokenizer, texts: Sequence[str]) -> tf.RaggedTensor:
+    """Tokenizes `texts` in chunks with an in-graph SentencePiece tokenizer."""
+    parts = [
+        tokenizer.tokenize(tf.constant(list(texts[i : i + _CHUNK]), tf.string))
+        for i in range(0, len(texts), _CHUNK)
+    ]
+    if not parts:
+        return tf.ragged.constant([], dtype=tf.int32, ragged_rank=1)
+    return tf.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def encode_corpus(
+    tokenizers: Tokenizers,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    max_length: int | None = None,
+) -> EncodedCorpus:
+    """Tokenizes both sides and drops pairs where either side has more than `max_length` pieces.
+
+    Pairs where either side tokenizes to nothing are dropped too (counted with the long ones):
+    the decoder would have nothing to learn from them.
+    """
+    source = tokenize(tokenizers.source, sources)
+    target = tokenize(tokenizers.target, targets)
+    src_len = source.row_lengths().numpy()
+    tgt_len = target.row_lengths().numpy()
+    keep = (src_len > 0) & (tgt_len > 0)
+    if max_length is not None:
+        keep &= (src_len <= max_length) & (tgt_len <= max_length)
+    dropped = int((~keep).sum())
+    if dropped:
+        index = tf.constant(np.flatnonzero(keep), tf.int64)
+        source, target = tf.gather(source, index), tf.gather(target, index)
+        log.info(
+            "length filter: dropped %d of %d pairs (limit %s pieces)",
+            dropped,
+            len(keep),
+            max_length,
+        )
+    return EncodedCorpus(source, target, dropped)
+
+
+def _add_specials(source: tf.Tensor, target: tf.Tensor):
+    """source + EOS, BOS + target, target + EOS."""
+    eos = tf.constant([EOS_ID], tf.int32)
+    bos = tf.constant([BOS_ID], tf.int32)
+    return tf.concat([source, eos], 0), tf.concat([bos, target], 0), tf.concat([target, eos], 0)
+
+
+def bucket_boundaries(max_length: int, width: int) -> list[int]:
+    """Upper length bounds (exclusive) of the buckets: width+1, 2*width+1, ... past max_length+1.
+
+    Lengths include the added BOS/EOS, so the longest allowed pair (max_length pieces + 1)
+    always falls inside the last bucket.
+    """
+    top = max_length + 1
+    return [b + 1 for b in range(width, top + width, width)]
+
+
+def make_dataset(
+    corpus: EncodedCorpus,
+    batch_size: int,
+    batch_tokens: int = 0,
+    bucket_width: int = 8,
+    max_length: int = 100,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 50_000,
+    fixed_shapes: bool = False,
+) -> tf.data.Dataset:
+    """Batches an encoded corpus by length buckets.
+
+    Args:
+        corpus: the tokenized pairs.
+        batch_size: sentences per batch (used when `batch_tokens` is 0).
+        batch_tokens: if > 0, each bucket's batch holds about this many padded tokens per side,
+            so short sentences come in large batches and long ones in small ones.
+        bucket_width: bucket granularity in pieces.
+        max_length: the longest pair (pieces, before BOS/EOS) the corpus may contain.
+        shuffle: shuffle the pairs (seeded by `seed + epoch`) and the batch order.
+        fixed_shapes: pad every batch to its bucket's upper bound, so each bucket has one shape
+            (XLA then compiles each shape once instead of once per batch length).
+
+    Returns:
+        A dataset of (source, target_in, target_out) int32 batches, right-padded with 0.
+    """
+    longest = int(
+        max(
+            corpus.source.row_lengths().numpy().max(initial=0),
+            corpus.target.row_lengths().numpy().max(initial=0),
+        )
+    )
+    boundaries = bucket_boundaries(max(max_length, longest), bucket_width)
+    if batch_tokens > 0:
+        sizes = [max(1, batch_tokens // bound) for bound in boundaries] + [1]
+    else:
+        sizes = [batch_size] * (len(boundaries) + 1)
+    ds = tf.data.Dataset.from_tensor_slices((corpus.source, corpus.target))
+    if shuffle:
+        ds = ds.shuffle(
+            min(shuffle_buffer, len(corpus)), seed=seed + epoch, reshuffle_each_iteration=False
+        )
+    ds = ds.map(_add_specials, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.bucket_by_sequence_length(
+        element_length_func=lambda s, ti, to: tf.maximum(tf.shape(s)[0], tf.shape(ti)[0]),
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=sizes,
+        pad_to_bucket_boundary=fixed_shapes,
+    )
+    if shuffle:
+        ds = ds.shuffle(64, seed=seed + epoch, reshuffle_each_iteration=False)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
