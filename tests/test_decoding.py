@@ -131,6 +131,19 @@ def test_n_best_order_and_eos_handling():
     assert model.calls == 3  # stopped once beam_size hypotheses were finished
 
 
+def test_poor_finished_hypotheses_do_not_cut_off_a_better_live_one():
+    # With k = 2, two unlikely EOS candidates are finished within the first two steps while
+    # the likely A C keeps growing. Stopping at "k finished" would return A (-2.4); the live
+    # hypothesis is far better and must win.
+    spec = {(): {A: 0.9, EOS: 0.05, B: 0.05}, (A,): {C: 0.9, EOS: 0.09}, (A, C): {EOS: 0.99}}
+    model = TreeModel(spec, default={EOS: 0.99})
+    beam = beam_search(model, model.initial_state(1), [10], beam_size=2)
+    np.testing.assert_array_equal(beam.tokens, [[[A, C]]])
+    assert beam.log_probs.numpy()[0, 0] == model.log_prob([A, C])
+    greedy = greedy_search(model, model.initial_state(1), [10])
+    assert beam.log_probs.numpy()[0, 0] >= greedy.log_probs.numpy()[0, 0]
+
+
 def long_vs_short_model() -> tuple[TreeModel, list[int]]:
     """A (0.6) then EOS (0.9) against B (0.4) then 7 near-certain tokens and EOS."""
     long = [B, C, D, C, D, C, D, C]

@@ -201,9 +201,10 @@ def beam_search(
 
     Each step takes the top 2k candidates by log-probability; an EOS candidate is finished only
     if it ranks within the top k, and the live beam continues with the top k non-EOS candidates
-    (fairseq's rule, which makes beam 1 identical to greedy search). A sentence stops when it
-    has k finished hypotheses, when no live hypothesis can beat its n_best-th finished one, or
-    at its maximum length, where the live hypotheses are finished as they are.
+    (fairseq's rule, which makes beam 1 identical to greedy search). A sentence stops when no
+    live hypothesis can beat its n_best-th finished one (an upper bound over all lengths), when
+    it has k finished hypotheses and the best live one does not score better than them at the
+    current length, or at its maximum length, where live hypotheses are finished as they are.
 
     Args:
         step_fn: the model, see `StepFn`; called on batch * beam_size rows.
@@ -290,8 +291,14 @@ def beam_search(
             tf.concat([finishing_eos, tf.tile(last[:, None], [1, k])], axis=1),
         )
         found = tf.reduce_sum(tf.cast(finished.scores > _NEG_INF, tf.int32), axis=1)
-        hopeless = live_log_probs[:, 0] / max_penalty <= finished.scores[:, n_best - 1]
-        done = s.done | last | (active & ((found >= k) | hopeless))
+        worst_kept = finished.scores[:, n_best - 1]  # [batch]
+        hopeless = live_log_probs[:, 0] / max_penalty <= worst_kept
+        # fairseq stops at k finished; we also require the best live hypothesis to score no
+        # better than them right now, so finished-but-poor EOS candidates cannot cut off a
+        # much better live one (with k = 1 this still stops exactly where greedy stops).
+        current = live_log_probs[:, 0] / _length_penalty(s.step + 1, alpha)
+        settled = (found >= k) & (current <= worst_kept)
+        done = s.done | last | (active & (settled | hopeless))
         new = _BeamState(
             step=s.step + 1,
             live_tokens=live_tokens,
