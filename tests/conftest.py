@@ -27,7 +27,7 @@ def synthetic_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ()) -> Config:
-    """A tiny, fast model on the synthetic task (hidden 32, vocab ~60)."""
+    """A tiny, fast model on the synthetic task (hidden 64, word-level vocabulary)."""
     values = {
         "data": {
             "train": {"source": str(files["train.src"]), "target": str(files["train.tgt"])},
@@ -37,8 +37,8 @@ def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ())
             "target_lang": "en",
             "max_length": 40,
         },
-        "tokenizer": {"vocab_size": 64},
-        "model": {"embedding_dim": 32, "units": 32},
+        "tokenizer": {"vocab_size": 200},
+        "model": {"embedding_dim": 64, "units": 64},
         "train": {
             "batch_size": 32,
             "max_steps": 60,
@@ -49,7 +49,7 @@ def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ())
             "seed": 7,
             "eval_bleu_sentences": 50,
         },
-        "decode": {"max_length": 30},
+        "decode": {"max_length": 64},
         "output_dir": str(output_dir),
     }
     return config_from_dict(values, overrides)
@@ -61,6 +61,6 @@ def trained_dir(synthetic_files, tmp_path_factory) -> Path:
     from translator.train import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=6"))
+    config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=12"))
     train(config, progress=False)
     return out

@@ -117,6 +117,25 @@ def check_texts(texts: object) -> list[str]:
     return list(texts)
 
 
+def find_checkpoint(directory: str | Path, checkpoint: str = "best") -> str:
+    """The checkpoint path `Translator.load` restores: "best" or "latest".
+
+    "best" is the averaged checkpoint when the model was trained with `train.average_last`,
+    else the best validation BLEU checkpoint, falling back to the latest.
+    """
+    directory = Path(directory)
+    path = None
+    if checkpoint == "best":
+        config_file = directory / "config.yaml"
+        if config_file.is_file() and load_config(config_file).train.average_last:
+            path = tf.train.latest_checkpoint(str(directory / "averaged"))
+        path = path or tf.train.latest_checkpoint(str(directory / "best"))
+    path = path or tf.train.latest_checkpoint(str(directory / "checkpoints"))
+    if path is None:
+        raise ModelDirError(f"no checkpoint found in {directory}/checkpoints")
+    return path
+
+
 class Translator:
     """A trained model with its tokenizers and decoding defaults.
 
@@ -136,13 +155,21 @@ class Translator:
     def load(cls, directory: str | Path, checkpoint: str = "best") -> Translator:
         """Loads a trained model directory (config.yaml, SentencePiece models, checkpoints).
 
+        A SavedModel export directory (a version directory, or a base directory whose highest
+        version is used) loads too, as an `export.ExportedTranslator` with the same API.
+
         Args:
-            directory: the training `output_dir`.
-            checkpoint: "best" (best validation BLEU, falling back to the latest) or "latest".
+            directory: the training `output_dir`, or an export directory.
+            checkpoint: "best" (the averaged checkpoint with `train.average_last`, else the
+                best validation BLEU one, else the latest) or "latest"; ignored for an export.
         """
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelDirError(f"model directory not found: {directory}")
+        from translator import export  # noqa: PLC0415  (export imports this module)
+
+        if export.resolve_export_dir(directory) is not None:
+            return export.ExportedTranslator.load(directory)
         if not (directory / "config.yaml").is_file():
             raise ModelDirError(f"{directory} is not a trained model (no config.yaml)")
         config = load_config(directory / "config.yaml")
@@ -150,12 +177,7 @@ class Translator:
         model = build_model(
             config.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
         )
-        path = None
-        if checkpoint == "best":
-            path = tf.train.latest_checkpoint(str(directory / "best"))
-        path = path or tf.train.latest_checkpoint(str(directory / "checkpoints"))
-        if path is None:
-            raise ModelDirError(f"no checkpoint found in {directory}/checkpoints")
+        path = find_checkpoint(directory, checkpoint)
         tf.train.Checkpoint(model=model).restore(path).expect_partial()
         log.info("loaded %s", path)
         return cls(model, tokenizers, config)
@@ -178,6 +200,19 @@ class Translator:
                 decode.max_source_length,
             )
         return self._functions[key]
+
+    def _run(self, options: tuple, texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Runs the translate function for `options` on one batch of strings."""
+        try:
+            return self.translate_function(*options)(texts)
+        except tf.errors.NotFoundError as exc:
+            if "Sentencepiece" not in str(exc):
+                raise
+            # tf.random.set_seed (keras.utils.set_random_seed) clears TensorFlow's kernel cache,
+            # which drops the SentencePiece resources: rebuild the tokenizers once and retry.
+            self.tokenizers = Tokenizers(self.tokenizers.source_model, self.tokenizers.target_model)
+            self._functions.clear()
+            return self.translate_function(*options)(texts)
 
     def translate(
         self,
@@ -215,7 +250,6 @@ class Translator:
             raise ValueError(f"length_penalty must be a finite number >= 0, got {length_penalty}")
         if ratio <= 0 or not math.isfinite(ratio):
             raise ValueError(f"max_length_ratio must be a finite number > 0, got {ratio}")
-        fn = self.translate_function(beam_size, n_best, length_penalty, ratio)
 
         results: list[list[Hypothesis]] = [[Hypothesis("", 0.0, 0.0, 0.0)] for _ in texts]
         todo = [i for i, t in enumerate(texts) if t.strip()]
@@ -225,7 +259,10 @@ class Translator:
         batches = range(0, len(todo), batch_size)
         for start in tqdm(batches, disable=not progress, file=sys.stderr, unit="batch"):
             index = todo[start : start + batch_size]
-            out = fn(tf.constant([texts[i] for i in index], tf.string))
+            out = self._run(
+                (beam_size, n_best, length_penalty, ratio),
+                tf.constant([texts[i] for i in index], tf.string),
+            )
             truncated += int(
                 tf.reduce_sum(tf.cast(out["source_lengths"] > d.max_source_length, tf.int32))
             )

@@ -1,4 +1,6 @@
-"""Command line: train | translate | evaluate. Thin: each command parses flags and makes one call.
+"""Command line: train | translate | evaluate | export | serve.
+
+Thin: each command parses flags and makes one call.
 
 User mistakes (TranslatorError, bad arguments) print one line on stderr and exit with status 2;
 `--debug` shows the traceback and TensorFlow's own logging.
@@ -123,6 +125,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from translator.export import export_model
+
+    version_dir = export_model(
+        args.model,
+        args.output,
+        beam_size=args.beam_size,
+        n_best=args.n_best,
+        checkpoint=args.checkpoint,
+        parity_sentences=args.parity_sentences,
+    )
+    print(json.dumps({"export": str(version_dir), "version": int(version_dir.name)}))
+    return 0
+
+
+_SERVE_SETTINGS = (
+    "max_body_bytes",
+    "max_sentences",
+    "max_chars",
+    "max_batch_size",
+    "max_wait_ms",
+    "poll_seconds",
+    "keep_versions",
+)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from translator.serving import serve
+
+    return serve(
+        args.directory,
+        host=args.host,
+        port=args.port,
+        access_log=args.access_log,
+        model_name=args.name,
+        **{k: getattr(args, k) for k in _SERVE_SETTINGS if getattr(args, k) is not None},
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="translator", description=__doc__.splitlines()[0])
@@ -157,7 +198,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypotheses", help="also write the translations to this file")
     _decode_flags(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a versioned SavedModel (tokenization inside)")
+    p.add_argument("--model", required=True, help="trained model directory")
+    p.add_argument("--output", required=True, help="export base directory, e.g. saved_models/NAME")
+    p.add_argument("--beam-size", type=int, help="beam size of the 'beam' signature (default 5)")
+    p.add_argument("--n-best", type=int, help="hypotheses of the 'beam' signature (default: beam)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument(
+        "--parity-sentences", type=int, help="validation sentences checked on reload (default 64)"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP server for an export (TF Serving REST API)")
+    p.add_argument("directory", help="export base directory, e.g. saved_models/NAME")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--name", help="model name in URLs (default: the directory's name)")
+    p.add_argument("--max-body-bytes", type=int, help="request body limit (default 1 MiB)")
+    p.add_argument("--max-sentences", type=int, help="sentences per request (default 64)")
+    p.add_argument("--max-chars", type=int, help="characters per sentence (default 1000)")
+    p.add_argument("--max-batch-size", type=int, help="sentences per model call (default 32)")
+    p.add_argument("--max-wait-ms", type=float, help="dynamic batching wait (default 5)")
+    p.add_argument("--poll-seconds", type=float, help="new-version check period (default 2)")
+    p.add_argument("--keep-versions", type=int, help="newest versions kept loaded (default 1)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with stderr muted: its C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         absl.logging.set_verbosity(absl.logging.ERROR)
         for noisy in ("tensorflow", "absl", "h5py"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not args.debug:
+        _import_tensorflow_quietly()
     try:
         return args.func(args)
     except TranslatorError as exc:
@@ -184,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # train: TrainingInterrupted says how to resume
+        print(f"error: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -68,12 +68,12 @@ class Tokenizers:
     @cached_property
     def source(self) -> tf_text.SentencepieceTokenizer:
         """In-graph source tokenizer (string -> ragged int32 ids)."""
-        return tf_text.SentencepieceTokenizer(model=self.source_model, out_type=tf.int32)
+        return _tokenizer(self.source_model, "source_sentencepiece")
 
     @cached_property
     def target(self) -> tf_text.SentencepieceTokenizer:
         """In-graph target tokenizer; `detokenize` turns ids back into text."""
-        return tf_text.SentencepieceTokenizer(model=self.target_model, out_type=tf.int32)
+        return _tokenizer(self.target_model, "target_sentencepiece")
 
     @property
     def source_vocab_size(self) -> int:
@@ -114,6 +114,18 @@ class Tokenizers:
                 raise ModelDirError(f"tokenizer model missing: {path}")
             models.append(path.read_bytes())
         return cls(*models)
+
+
+def _tokenizer(model: bytes, name: str) -> tf_text.SentencepieceTokenizer:
+    """A tensorflow-text SentencePiece tokenizer whose resource lives outside any graph.
+
+    `init_scope` matters because the first access is often inside a `tf.function` trace: a
+    resource created there belongs to that graph and cannot be used by a second function.
+    Distinct names matter because a SavedModel holding two SentencePiece resources of the same
+    node name reloads both as whichever was created first.
+    """
+    with tf.init_scope():
+        return tf_text.SentencepieceTokenizer(model=model, out_type=tf.int32, name=name)
 
 
 def _vocab_size(model: bytes) -> int:

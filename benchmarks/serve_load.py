@@ -1,0 +1,192 @@
+"""Serving load test: single-sentence latency and throughput against the real HTTP server.
+
+Starts `translator serve EXPORT` in a subprocess (the server a user runs), then, for each beam
+size and number of concurrent clients, sends `--requests` single-sentence `POST /v1/translate`
+requests from an asyncio httpx client: each of the `c` clients sends its next request as soon
+as its previous one is answered. Reported per setting: latency p50/p95/mean (ms, from sending
+to the full response), throughput (sentences/s over the setting's wall time) and the server's
+dynamic batching (mean sentences per model call, from /health, warm-up included).
+
+With `--unbatched` the highest concurrency is also run against a second server started with
+`--max-batch-size 1` (one sentence per model call), which shows what dynamic batching buys.
+
+Example:
+
+    python benchmarks/serve_load.py --export /tmp/exports/m30k \\
+        --sentences ../shared/corpora/multi30k/test_2016_flickr.de.gz --requests 200 --unbatched
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import httpx  # noqa: E402
+
+
+def read_sentences(path: str, limit: int) -> list[str]:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    return lines[:limit]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`translator serve` in a subprocess, stopped on exit."""
+
+    def __init__(self, export: str, extra: list[str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "translator", "serve", export, "--port", str(self.port)]
+        self.proc = subprocess.Popen(command + extra, stdout=subprocess.DEVNULL)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with status {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not start within 300 s")
+            try:
+                httpx.get(self.url + "/health", timeout=2).raise_for_status()
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+    def batching(self, beam: int) -> dict:
+        health = httpx.get(self.url + "/health", timeout=10).json()
+        stats = health["batching"][str(max(health["versions"]))]
+        # beam 1 goes to the greedy signature; other beams to the exported beam signature.
+        signature = "greedy" if beam == 1 else "beam"
+        return stats.get(signature, {"batches": 0, "sentences": 0, "largest": 0})
+
+
+async def load(url: str, sentences: list[str], beam: int, clients: int, requests: int) -> dict:
+    """Warm-up (one request per client), then `requests` single-sentence requests from
+    `clients` concurrent clients, each with its own connection (one httpx client each: a shared
+    pool scans all its connections on every request, which would measure httpx, not the server).
+    """
+    latencies: list[float] = []
+
+    async def client(http: httpx.AsyncClient, counter) -> None:
+        for i in counter:
+            body = {"text": [sentences[i % len(sentences)]], "beam_size": beam}
+            start = time.perf_counter()
+            response = await http.post("/v1/translate", json=body)
+            latencies.append(time.perf_counter() - start)
+            response.raise_for_status()
+
+    https = [httpx.AsyncClient(base_url=url, timeout=300) for _ in range(clients)]
+    try:
+        warm_up = iter(range(clients))
+        await asyncio.gather(*(client(http, warm_up) for http in https))
+        latencies.clear()
+        counter = iter(range(requests))
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http, counter) for http in https))
+        wall = time.perf_counter() - start
+    finally:
+        for http in https:
+            await http.aclose()
+    ms = sorted(x * 1000 for x in latencies)
+    return {
+        "requests": len(ms),
+        "p50_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+        "sentences_per_s": round(len(ms) / wall, 2),
+        "seconds": round(wall, 1),
+    }
+
+
+def run_setting(server: Server, sentences, beam: int, clients: int, requests: int) -> dict:
+    before = server.batching(beam)
+    result = asyncio.run(load(server.url, sentences, beam, clients, requests))
+    after = server.batching(beam)
+    calls = after["batches"] - before["batches"]  # warm-up included
+    result["mean_batch"] = round((after["sentences"] - before["sentences"]) / max(calls, 1), 2)
+    return {"beam_size": beam, "clients": clients, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--export", required=True, help="export base directory")
+    parser.add_argument(
+        "--sentences", required=True, help="source sentences, one per line (.gz ok)"
+    )
+    parser.add_argument("--limit", type=int, default=1000, help="sentences read from the file")
+    parser.add_argument("--requests", type=int, default=200, help="requests per setting")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--unbatched", action="store_true", help="also run the top concurrency unbatched"
+    )
+    args = parser.parse_args()
+
+    try:
+        import sniffio  # noqa: F401
+    except ImportError:
+        print(
+            "warning: sniffio is not installed: httpcore then retries importing it on every "
+            "lock, which makes the client, not the server, the bottleneck",
+            file=sys.stderr,
+        )
+    sentences = read_sentences(args.sentences, args.limit)
+    batching = [
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
+    report = {
+        "machine": common.machine(),
+        "export": str(Path(args.export).resolve()),
+        "sentences_file": args.sentences,
+        "requests_per_setting": args.requests,
+        "server": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
+        "results": [],
+    }
+    with Server(args.export, batching) as server:
+        for beam in args.beams:
+            for clients in args.clients:
+                row = run_setting(server, sentences, beam, clients, args.requests)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                report["results"].append(row)
+    if args.unbatched:
+        top = max(args.clients)
+        with Server(args.export, ["--max-batch-size", "1"]) as server:
+            for beam in args.beams:
+                row = run_setting(server, sentences, beam, top, args.requests)
+                row["unbatched"] = True
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                report["results"].append(row)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
