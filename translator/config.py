@@ -95,8 +95,10 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without BLEU gain before stopping; 0 = off
     average_last: int = 0  # average the last N checkpoints into the final weights; 0 = off
     strategy: str = "default"  # default | mirrored | multi_worker
+    cluster_timeout: float = 300.0  # seconds a multi_worker task waits for the others
     mixed_precision: bool = False  # bfloat16 compute (AMX/AVX-512 bf16 CPUs, recent GPUs)
-    jit_compile: bool = False  # XLA for the train step (pair with fixed bucket shapes)
+    jit_compile: bool = False  # XLA for the train step (batches then padded to fixed shapes)
+    packed_loss: bool = True  # vocabulary projection + softmax only at real (non-pad) tokens
     bucket_width: int = 8  # length buckets are multiples of this many pieces
 
 
@@ -287,6 +289,7 @@ def _validate(config: Config) -> None:
         "model.decoder_layers": config.model.decoder_layers,
         "train.batch_size": config.train.batch_size,
         "train.bucket_width": config.train.bucket_width,
+        "train.cluster_timeout": config.train.cluster_timeout,
         "data.max_length": config.data.max_length,
         "decode.beam_size": config.decode.beam_size,
         "decode.n_best": config.decode.n_best,

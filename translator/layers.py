@@ -333,18 +333,28 @@ class Decoder(keras.layers.Layer):
         new = self._attend(x, state, training=training)
         return self.project(new["feed"]), new
 
-    def call(self, target_in, state, training=False, return_attention=False):
+    def features(self, target_in, state, training=False):
+        """Teacher-forced outputs before the vocabulary projection.
+
+        Returns `(features [batch, tgt, units], weights)`, weights being the float32 attention
+        `[batch, tgt, src]` or None; `project(features)` equals `call`'s logits. The trainer
+        projects only the features of real (non-pad) target tokens.
+        """
         x = self.drop(self.embedding(target_in), training=training)  # [batch, tgt, emb]
         if self.attention == "none":
-            if return_attention:
-                raise ValueError("return_attention needs a decoder with attention")
             for i, rnn in enumerate(self.rnns):
                 if i > 0:
                     x = self.drop(x, training=training)
                 x = rnn(x, initial_state=[state[f"h{i}"], state[f"c{i}"]], training=training)[0]
-            return self.project(self.drop(x, training=training))
+            return self.drop(x, training=training), None
         feeds, weights = self._teacher_force(x, state, training)
-        logits = self.project(self.drop(feeds, training=training))  # [batch, tgt, vocab]
+        return self.drop(feeds, training=training), weights
+
+    def call(self, target_in, state, training=False, return_attention=False):
+        if return_attention and self.attention == "none":
+            raise ValueError("return_attention needs a decoder with attention")
+        features, weights = self.features(target_in, state, training=training)
+        logits = self.project(features)  # [batch, tgt, vocab]
         return (logits, weights) if return_attention else logits
 
     def _teacher_force(self, x, state, training):

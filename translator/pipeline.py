@@ -103,6 +103,18 @@ def bucket_boundaries(max_length: int, width: int) -> list[int]:
     return [b + 1 for b in range(width, top + width, width)]
 
 
+def bucket_batch_sizes(boundaries: Sequence[int], batch_size: int, batch_tokens: int = 0) -> list:
+    """Sentences per batch for each bucket (one more than `boundaries`: the overflow bucket).
+
+    With `batch_tokens`, a bucket whose sequences are shorter than `bound` holds
+    `batch_tokens // bound` sentences (at least 1), so every batch has at most about
+    `batch_tokens` padded tokens per side.
+    """
+    if batch_tokens > 0:
+        return [max(1, batch_tokens // bound) for bound in boundaries] + [1]
+    return [batch_size] * (len(boundaries) + 1)
+
+
 def make_dataset(
     corpus: EncodedCorpus,
     batch_size: int,
@@ -115,7 +127,7 @@ def make_dataset(
     shuffle_buffer: int = 50_000,
     fixed_shapes: bool = False,
 ) -> tf.data.Dataset:
-    """Batches an encoded corpus by length buckets.
+    """Batches an encoded corpus by length buckets; every pair appears exactly once per epoch.
 
     Args:
         corpus: the tokenized pairs.
@@ -125,8 +137,10 @@ def make_dataset(
         bucket_width: bucket granularity in pieces.
         max_length: the longest pair (pieces, before BOS/EOS) the corpus may contain.
         shuffle: shuffle the pairs (seeded by `seed + epoch`) and the batch order.
-        fixed_shapes: pad every batch to its bucket's upper bound, so each bucket has one shape
-            (XLA then compiles each shape once instead of once per batch length).
+        fixed_shapes: give every batch of a bucket the same shape: time padded to the bucket's
+            upper bound and, for a bucket's last (partial) batch, extra all-pad rows up to the
+            bucket's batch size. XLA then compiles each bucket's shape once instead of once per
+            batch. All-pad rows hold no target token, so they add nothing to the loss.
 
     Returns:
         A dataset of (source, target_in, target_out) int32 batches, right-padded with 0.
@@ -138,10 +152,7 @@ def make_dataset(
         )
     )
     boundaries = bucket_boundaries(max(max_length, longest), bucket_width)
-    if batch_tokens > 0:
-        sizes = [max(1, batch_tokens // bound) for bound in boundaries] + [1]
-    else:
-        sizes = [batch_size] * (len(boundaries) + 1)
+    sizes = bucket_batch_sizes(boundaries, batch_size, batch_tokens)
     ds = tf.data.Dataset.from_tensor_slices((corpus.source, corpus.target))
     if shuffle:
         ds = ds.shuffle(
@@ -154,8 +165,24 @@ def make_dataset(
         bucket_batch_sizes=sizes,
         pad_to_bucket_boundary=fixed_shapes,
     )
+    if fixed_shapes:
+        # A bucket's batches are padded to time `bound - 1`, which identifies the bucket.
+        rows = np.zeros(boundaries[-1], np.int32)
+        for bound, size in zip(boundaries, sizes, strict=False):
+            rows[bound - 1] = size
+        ds = ds.map(
+            lambda *batch: _pad_rows(batch, tf.constant(rows)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     if shuffle:
         ds = ds.shuffle(64, seed=seed + epoch, reshuffle_each_iteration=False)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _pad_rows(batch: tuple, rows_by_time: tf.Tensor) -> tuple:
+    """Appends all-pad rows to each `[batch, time]` tensor up to its bucket's batch size."""
+    rows = rows_by_time[tf.shape(batch[0])[1]]
+    return tuple(tf.pad(t, [[0, rows - tf.shape(t)[0]], [0, 0]]) for t in batch)

@@ -7,7 +7,15 @@ token count), so a replica's share of the gradient matches its share of the toke
 
 Resuming: the checkpoint holds the step, the epoch and how many batches of that epoch were
 done. Each epoch's data order depends only on `seed + epoch`, so rerunning the same command
-skips exactly the finished batches and ends with the step count of an uninterrupted run.
+skips exactly the finished batches and ends with the step count of an uninterrupted run. A
+killed run resumes from its last complete checkpoint (see checkpoints.py); SIGINT or SIGTERM
+saves a checkpoint after the current step and raises `TrainingInterrupted` (the CLI exits with
+128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM).
+
+Several workers (see distribute.py): every worker trains on the same global batches; only the
+chief writes the output directory. The others save their checkpoints into a temporary directory
+(saving can involve collectives) that is removed at the end, and they start from the chief's
+restored state, broadcast over the strategy's collectives, so no shared file system is needed.
 """
 
 from __future__ import annotations
@@ -15,8 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import re
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +37,21 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
+from translator import checkpoints
 from translator import data as data_lib
 from translator.config import Config, dump_config, load_config
+from translator.distribute import (
+    check_same_everywhere,
+    distribute_batches,
+    is_chief,
+    make_strategy,
+    sync_from_chief,
+    worker_count,
+)
 from translator.errors import ConfigError, TrainingError
 from translator.model import Seq2Seq, build_model
 from translator.pipeline import EncodedCorpus, encode_corpus, make_dataset
-from translator.tokenizer import Tokenizers, load_or_train
+from translator.tokenizer import SOURCE_FILE, TARGET_FILE, Tokenizers, load_or_train
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +82,91 @@ class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def sequence_loss(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0) -> tf.Tensor:
-    """Per-token cross-entropy [batch, time] (padding not yet masked).
+    """Per-token cross-entropy `labels.shape` from logits `[..., vocab]` (padding not masked).
 
     With label smoothing the target distribution is (1 - eps) * one_hot + eps / vocab, as in
-    Keras's categorical cross-entropy.
+    Keras's categorical cross-entropy, computed without materialising a [..., vocab] one-hot:
+    -sum(q * log p) = (1 - eps) * nll + eps * mean(-log p).
     """
-    logits = tf.cast(logits, tf.float32)
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [..., vocab]
+    nll = -tf.gather(log_probs, labels[..., None], batch_dims=labels.shape.rank)[..., 0]
     if label_smoothing > 0.0:
-        one_hot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=tf.float32)
-        return keras.losses.categorical_crossentropy(
-            one_hot, logits, from_logits=True, label_smoothing=label_smoothing
+        return (1.0 - label_smoothing) * nll - label_smoothing * tf.reduce_mean(log_probs, -1)
+    return nll
+
+
+def token_losses(
+    model: Seq2Seq, batch, label_smoothing: float = 0.0, training: bool = False, packed: bool = True
+) -> tf.Tensor:
+    """Cross-entropy of the real (non-pad) target tokens of a (source, target_in, target_out) batch.
+
+    With `packed`, the decoder outputs of real tokens are gathered before the vocabulary
+    projection, so no logits or softmax are computed at padding (the projection is the
+    largest matmul of the model). Both ways give the same losses, up to float rounding.
+
+    Returns:
+        `[tokens]` float32 when packed, else `[batch * time]` with zeros at padding.
+    """
+    source, target_in, target_out = batch
+    state = model.encode(source, training=training)
+    features, _ = model.decoder.features(  # [batch, time, units]
+        tf.cast(target_in, tf.int32), state, training=training
+    )
+    if packed:
+        index = tf.where(tf.not_equal(target_out, 0))  # [tokens, 2]
+        logits = model.decoder.project(tf.gather_nd(features, index))  # [tokens, vocab]
+        return sequence_loss(tf.gather_nd(target_out, index), logits, label_smoothing)
+    mask = tf.cast(tf.not_equal(target_out, 0), tf.float32)  # [batch, time]
+    per_token = sequence_loss(target_out, model.decoder.project(features), label_smoothing)
+    return tf.reshape(per_token * mask, [-1])
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint.
+
+    Attributes:
+        exit_code: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _StopOnSignal:
+    """Once installed, SIGINT/SIGTERM ask the loop to stop after the current step.
+
+    A second signal raises KeyboardInterrupt at once (the last checkpoint stays as it was).
+    Handlers can only be installed from the main thread; elsewhere signals keep their handlers.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            # None: the handler was not installed from Python (TensorFlow's SIGTERM notifier).
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "%s received: saving a checkpoint after this step (send it again to stop at once)",
+            signal.Signals(signum).name,
         )
-    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy named by `train.strategy`."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError(
-                "train.strategy=multi_worker needs the TF_CONFIG environment variable"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    def flag(self) -> tf.Tensor:
+        return tf.constant(0.0 if self.signum is None else 1.0)
 
 
 @dataclass
@@ -104,15 +185,18 @@ class Trainer:
     """Trains a Seq2Seq model from a Config into `config.output_dir`.
 
     The output directory ends up self-contained: config.yaml, the SentencePiece models,
-    checkpoints/ (the last few), best/ (best validation BLEU), logs/ (TensorBoard) and
-    history.json (one record per epoch).
+    checkpoints/ (the last few), best/ (best validation BLEU), averaged/ (with
+    `train.average_last`), logs/ (TensorBoard) and history.json (one record per epoch).
     """
 
     def __init__(self, config: Config, progress: bool = True):
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.progress = progress
-        self.strategy = make_strategy(config.train.strategy)
+        self.strategy = make_strategy(config.train.strategy, config.train.cluster_timeout)
+        self.is_chief = is_chief(self.strategy)
+        # Where checkpoints go: output_dir on the chief, a temporary directory elsewhere.
+        self.work_dir = self.output_dir
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -151,8 +235,12 @@ class Trainer:
             log.info("valid corpus: %d pairs from %s", len(valid), valid.origin)
         else:
             log.warning("no validation data configured: skipping validation loss and BLEU")
+        # Other workers read the chief's vocabulary when they see it (shared or resumed
+        # output_dir) and otherwise train the same one (SentencePiece training is
+        # deterministic); fit() checks that every worker ended up with the same models.
+        source = self.output_dir if self.is_chief or _has_tokenizers(self.output_dir) else None
         tokenizers = load_or_train(
-            self.output_dir,
+            source or self.work_dir,
             train.sources,
             train.targets,
             self.config.tokenizer,
@@ -171,8 +259,9 @@ class Trainer:
 
     def _build(self, tokenizers: Tokenizers) -> None:
         cfg = self.config
-        if cfg.train.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        # Layers take the global policy when built: set it both ways (a process may train twice).
+        policy = "mixed_bfloat16" if cfg.train.mixed_precision else "float32"
+        keras.mixed_precision.set_global_policy(policy)
         with self.strategy.scope():
             self.model: Seq2Seq = build_model(
                 cfg.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
@@ -180,15 +269,15 @@ class Trainer:
             self.schedule = LearningRate(
                 cfg.train.learning_rate, cfg.train.warmup_steps, cfg.train.lr_schedule
             )
-            self.optimizer = keras.optimizers.Adam(
-                learning_rate=self.schedule, global_clipnorm=cfg.train.clip_norm or None
-            )
+            # No clipping here: Keras would clip each replica's gradient (see train step).
+            self.optimizer = keras.optimizers.Adam(learning_rate=self.schedule)
             self.optimizer.build(self.model.trainable_variables)
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch")
-            self.best_bleu = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best")
-            self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+        # Loop counters: plain variables (outside the strategy), read and set in Python only.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch")
+        self.best_bleu = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best")
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,
@@ -199,73 +288,158 @@ class Trainer:
             bad_epochs=self.bad_epochs,
             lr_scale=self.schedule.scale,
         )
+        keep = max(cfg.train.keep_checkpoints, cfg.train.average_last, 1)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
-            self.output_dir / CHECKPOINT_DIR,
-            max_to_keep=max(cfg.train.keep_checkpoints, cfg.train.average_last, 1),
+            self.work_dir / CHECKPOINT_DIR,
+            max_to_keep=keep if self.is_chief else 1,
         )
         self.best_manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=self.model, step=self.step),
-            self.output_dir / BEST_DIR,
+            self.work_dir / BEST_DIR,
             max_to_keep=1,
         )
         jit = cfg.train.jit_compile
-        self._train_step = tf.function(
+        replica_train = tf.function(
             self._replica_train_step, jit_compile=jit, reduce_retracing=True
         )
+        replica_eval = tf.function(self._replica_eval_step, jit_compile=jit, reduce_retracing=True)
+        self._train_step = tf.function(
+            lambda batch, stop: self._run(replica_train, batch, stop), reduce_retracing=True
+        )
         self._eval_step = tf.function(
-            self._replica_eval_step, jit_compile=jit, reduce_retracing=True
+            lambda batch: self._run(replica_eval, batch)[:2], reduce_retracing=True
         )
 
-    def _masked_loss(self, batch, training: bool):
-        source, target_in, target_out = batch
-        logits = self.model((source, target_in), training=training)  # [batch, time, vocab]
-        mask = tf.cast(tf.not_equal(target_out, 0), tf.float32)  # [batch, time]
-        tokens = tf.reduce_sum(mask)
+    def _masked_loss(self, batch, training: bool, stop=None):
+        """This replica's share of the global mean loss, its token count, the global stop flag."""
+        target_out = batch[2]
+        tokens = tf.reduce_sum(tf.cast(tf.not_equal(target_out, 0), tf.float32))
         ctx = tf.distribute.get_replica_context()
-        global_tokens = ctx.all_reduce("sum", tokens) if ctx else tokens
-        per_token = sequence_loss(target_out, logits, self.config.train.label_smoothing) * mask
-        loss = tf.nn.compute_average_loss(
-            tf.reshape(per_token, [-1]), global_batch_size=tf.cast(tf.maximum(global_tokens, 1.0), tf.int64)
+        # One all-reduce for both: the global token count and whether any worker must stop.
+        stop = tf.constant(0.0) if stop is None else stop
+        global_tokens, stop = tf.unstack(ctx.all_reduce("sum", tf.stack([tokens, stop])))
+        cfg = self.config.train
+        per_token = token_losses(
+            self.model, batch, cfg.label_smoothing, training, packed=cfg.packed_loss
         )
-        return loss, tokens
+        loss = tf.nn.compute_average_loss(
+            per_token, global_batch_size=tf.cast(tf.maximum(global_tokens, 1.0), tf.int64)
+        )
+        return loss, tokens, stop
 
-    def _replica_train_step(self, batch):
+    def _replica_train_step(self, batch, stop):
         with tf.GradientTape() as tape:
-            loss, tokens = self._masked_loss(batch, training=True)
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
-        return loss, tokens
+            loss, tokens, stop = self._masked_loss(batch, training=True, stop=stop)
+        grads, variables = [], []
+        for grad, variable in zip(
+            tape.gradient(loss, self.model.trainable_variables),
+            self.model.trainable_variables,
+            strict=True,
+        ):
+            if grad is not None:
+                # Dense: Keras's Adam squares IndexedSlices values before summing repeated
+                # rows (an embedding row used twice), which is not the gradient's square.
+                grads.append(tf.convert_to_tensor(grad))
+                variables.append(variable)
+        clip = self.config.train.clip_norm
+        if clip:
+            # Clip the global gradient (the sum over replicas); Keras would clip each
+            # replica's part. The optimizer sums over replicas again, hence the division.
+            ctx = tf.distribute.get_replica_context()
+            replicas = ctx.num_replicas_in_sync
+            if replicas > 1:
+                grads = ctx.all_reduce("sum", grads)
+            grads, _ = tf.clip_by_global_norm(grads, clip)
+            if replicas > 1:
+                grads = [g / replicas for g in grads]
+        self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return loss, tokens, stop
 
     def _replica_eval_step(self, batch):
         return self._masked_loss(batch, training=False)
 
-    def _run(self, fn, batch) -> tuple[float, float]:
-        loss, tokens = self.strategy.run(fn, args=(batch,))
-        loss = self.strategy.reduce("sum", loss, axis=None)
-        tokens = self.strategy.reduce("sum", tokens, axis=None)
-        return float(loss), float(tokens)
+    def _run(self, replica_fn, batch, *args):
+        """Runs `replica_fn` on every replica: global mean loss, global tokens, stop flag."""
+        loss, tokens, stop = self.strategy.run(replica_fn, args=(batch, *args))
+        return (
+            self.strategy.reduce("sum", loss, axis=None),
+            self.strategy.reduce("sum", tokens, axis=None),
+            self.strategy.reduce("mean", stop, axis=None),  # already global: same everywhere
+        )
 
     # -- loop --------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        """Trains until `train.max_steps` or `train.epochs`, resuming from the last checkpoint."""
+        """Trains until `train.max_steps` or `train.epochs`, resuming from the last checkpoint.
+
+        Raises:
+            TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint was saved first.
+            TrainingError: the loss is not finite, or a checkpoint cannot be written.
+        """
+        if self.is_chief:
+            self._prepare_output_dir()
+            return self._fit()
+        self.work_dir = Path(tempfile.mkdtemp(prefix="translator-worker-"))
+        try:
+            return self._fit()
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _restore(self, tokenizers: Tokenizers) -> None:
+        """Restores the latest checkpoint on the chief and hands its state to every worker."""
+        if self.is_chief:
+            for name in (CHECKPOINT_DIR, BEST_DIR, checkpoints.AVERAGED_DIR):
+                checkpoints.remove_unreferenced(self.output_dir / name)
+        restored = self.manager.restore_or_initialize()
+        check_same_everywhere(
+            self.strategy,
+            tokenizers.source_model + tokenizers.target_model,
+            "the SentencePiece models (tokenizer section and training data)",
+        )
+        variables = [
+            *self.model.variables,
+            *self.optimizer.variables,
+            self.step,
+            self.epoch,
+            self.batch_in_epoch,
+            self.best_bleu,
+            self.bad_epochs,
+            self.schedule.scale,
+        ]
+        sync_from_chief(self.strategy, variables)
+        if restored or int(self.step):
+            log.info(
+                "resumed from %s at step %d (epoch %d, batch %d)",
+                restored or "the chief's checkpoint",
+                int(self.step),
+                int(self.epoch) + 1,
+                int(self.batch_in_epoch),
+            )
+        if self.is_chief and not self._done():
+            # Averaged weights from an earlier end of training would be stale after this run.
+            shutil.rmtree(self.output_dir / checkpoints.AVERAGED_DIR, ignore_errors=True)
+
+    def _save(self, step: int) -> None:
+        checkpoints.save(self.manager, step)
+
+    def _interrupted(self, signum: int | None, step: int) -> TrainingInterrupted:
+        signum = signum or signal.SIGTERM  # None: another worker was signalled
+        saved = self.manager.latest_checkpoint if self.is_chief else "the chief's checkpoint"
+        return TrainingInterrupted(
+            f"interrupted by {signal.Signals(signum).name} at step {step}; saved {saved}; "
+            "run the same command again to resume",
+            signum,
+        )
+
+    def _fit(self) -> TrainResult:
         cfg = self.config.train
-        self._prepare_output_dir()
         # Seed first: seeding clears TensorFlow's kernel cache, which would drop the
         # SentencePiece resources of tokenizers created before it.
         keras.utils.set_random_seed(cfg.seed)
         tokenizers, encoded, valid = self._load_data()
         self._build(tokenizers)
-        restored = self.manager.restore_or_initialize()
-        if restored:
-            log.info(
-                "resumed from %s at step %d (epoch %d, batch %d)",
-                restored,
-                int(self.step),
-                int(self.epoch) + 1,
-                int(self.batch_in_epoch),
-            )
+        self._restore(tokenizers)
         valid_encoded = (
             encode_corpus(tokenizers, valid.sources, valid.targets, self.config.data.max_length)
             if valid is not None
@@ -274,8 +448,11 @@ class Trainer:
         from translator.api import Translator  # late import: api imports this module's users
 
         translator = Translator(self.model, tokenizers, self.config)
-        history = self._read_history()
-        writer = tf.summary.create_file_writer(str(self.output_dir / "logs"))
+        history = self._read_history() if self.is_chief else []
+        if self.is_chief:
+            writer = tf.summary.create_file_writer(str(self.output_dir / "logs"))
+        else:
+            writer = tf.summary.create_noop_writer()
         start, tokens_seen, stopped_early = time.perf_counter(), 0.0, False
         total_steps = cfg.max_steps or None
         bar = tqdm(
@@ -283,10 +460,11 @@ class Trainer:
             initial=int(self.step),
             unit="step",
             file=sys.stderr,
-            disable=not self.progress,
+            disable=not (self.progress and self.is_chief),
             dynamic_ncols=True,
             mininterval=1.0,
         )
+        signals = _StopOnSignal().install()
         try:
             while not self._done():
                 epoch = int(self.epoch)
@@ -303,8 +481,9 @@ class Trainer:
                     fixed_shapes=cfg.jit_compile,
                 ).skip(int(self.batch_in_epoch))
                 epoch_loss = epoch_tokens = 0.0
-                for batch in self.strategy.experimental_distribute_dataset(ds):
-                    loss, tokens = self._run(self._train_step, batch)
+                for batch in distribute_batches(self.strategy, ds):
+                    loss, tokens, stopping = self._train_step(batch, signals.flag())
+                    loss, tokens = float(loss), float(tokens)
                     if not math.isfinite(loss):
                         raise TrainingError(
                             f"loss became {loss} at step {int(self.step) + 1}; stopped without "
@@ -333,7 +512,10 @@ class Trainer:
                                 float(self.schedule(self.optimizer.iterations - 1)),
                             )
                     if step % cfg.checkpoint_every == 0:
-                        self.manager.save(checkpoint_number=step)
+                        self._save(step)
+                    if float(stopping):  # a signal reached this or another worker
+                        self._save(step)
+                        raise self._interrupted(signals.signum, step)
                     if cfg.max_steps and step >= cfg.max_steps:
                         break
                 else:  # the epoch ran out of batches
@@ -350,12 +532,23 @@ class Trainer:
                     ):
                         log.info("early stopping: no BLEU gain for %d epochs", int(self.bad_epochs))
                         stopped_early = True
-                        self.manager.save(checkpoint_number=int(self.step))
+                        self._save(int(self.step))
                         break
-                self.manager.save(checkpoint_number=int(self.step))
+                self._save(int(self.step))
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as exc:
+            if worker_count(self.strategy) == 1:
+                raise
+            raise TrainingError(
+                f"lost contact with another worker after step {int(self.step)} "
+                f"({_first_line(exc)}); the last checkpoint is kept: start the same command "
+                "on every worker again to resume"
+            ) from None
         finally:
+            signals.restore()
             bar.close()
             writer.flush()
+        if self.is_chief and cfg.average_last:
+            self._average()
         seconds = time.perf_counter() - start
         return TrainResult(
             int(self.step),
@@ -392,7 +585,7 @@ class Trainer:
             if record["valid_bleu"] > float(self.best_bleu):
                 self.best_bleu.assign(record["valid_bleu"])
                 self.bad_epochs.assign(0)
-                self.best_manager.save(checkpoint_number=int(self.step))
+                checkpoints.save(self.best_manager, int(self.step))
             else:
                 self.bad_epochs.assign_add(1)
                 if self.config.train.lr_schedule == "plateau":
@@ -426,10 +619,10 @@ class Trainer:
             fixed_shapes=cfg.jit_compile,
         )
         total = count = 0.0
-        for batch in self.strategy.experimental_distribute_dataset(ds):
-            loss, tokens = self._run(self._eval_step, batch)
-            total += loss * tokens
-            count += tokens
+        for batch in distribute_batches(self.strategy, ds):
+            loss, tokens = self._eval_step(batch)
+            total += float(loss) * float(tokens)
+            count += float(tokens)
         return total / max(count, 1.0)
 
     def _read_history(self) -> list[dict]:
@@ -440,10 +633,39 @@ class Trainer:
         return [r for r in json.loads(path.read_text()) if r["epoch"] <= done]
 
     def _write_history(self, history: list[dict]) -> None:
+        if not self.is_chief:
+            return
         path = self.output_dir / HISTORY_FILE
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(history, indent=1))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(history, indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise TrainingError(f"cannot write {path}: {exc.strerror}") from None
+
+    def _average(self) -> None:
+        """Writes the mean weights of the last `train.average_last` checkpoints to averaged/."""
+        n = self.config.train.average_last
+        paths = self.manager.checkpoints[-n:]
+        if len(paths) < n:
+            log.warning("average_last=%d but only %d checkpoints exist", n, len(paths))
+        model = build_model(  # a local copy, outside the strategy: only the chief averages
+            self.config.model, self.model.source_vocab_size, self.model.target_vocab_size
+        )
+        checkpoints.write_averaged(
+            model, paths, self.output_dir / checkpoints.AVERAGED_DIR, int(self.step)
+        )
+
+
+def _first_line(exc: tf.errors.OpError) -> str:
+    """TensorFlow's message without its `{{function_node ...}}` prefix, first line only."""
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", exc.message or "")
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _has_tokenizers(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in (SOURCE_FILE, TARGET_FILE))
 
 
 def train(config: Config, progress: bool = True) -> TrainResult:

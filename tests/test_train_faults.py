@@ -1,0 +1,260 @@
+"""Training survives faults: SIGKILL at any moment, Ctrl-C / SIGTERM, a full or unwritable disk.
+
+The kill and signal tests run real `translator train` processes (bounded by timeouts; every
+process they start is killed and reaped before the test ends).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_config
+
+from translator.api import Translator
+from translator.config import dump_config
+from translator.errors import ConfigError, TrainingError
+from translator.train import train
+
+SMALL = ("model.units=16", "model.embedding_dim=16", "train.eval_bleu_sentences=5")
+
+
+def _env() -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def _train_command(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "translator", "train", str(config_path), "--no-progress"]
+
+
+def _assert_checkpoints_sound(directory: Path) -> str | None:
+    """The state file names only complete checkpoints; the latest one reads back fully."""
+    state = tf.train.get_checkpoint_state(str(directory))
+    if state is None:
+        return None
+    for path in state.all_model_checkpoint_paths:
+        assert Path(path + ".index").is_file(), path
+    reader = tf.train.load_checkpoint(state.model_checkpoint_path)
+    for name in reader.get_variable_to_shape_map():
+        reader.get_tensor(name)  # raises on a truncated or corrupt file
+    return state.model_checkpoint_path
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
+    """SIGKILLs `proc` as soon as `ready()` is true; returns False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if ready():
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(
+        synthetic_files,
+        out,
+        (*SMALL, "train.max_steps=90", "train.checkpoint_every=3", "train.keep_checkpoints=2"),
+    )
+    dump_config(config, tmp_path / "config.yaml")
+    ckpt_dir = out / "checkpoints"
+    rng = random.Random(0)
+
+    def saving() -> bool:  # a checkpoint write is under way
+        return ckpt_dir.is_dir() and any("_temp" in p.name for p in ckpt_dir.iterdir())
+
+    def trained_a_little(since: float, delay: float):
+        return lambda: (
+            (out / "checkpoints" / "checkpoint").is_file() and (time.monotonic() - since > delay)
+        )
+
+    kills = []
+    try:
+        for moment in ("startup", "during a save", "random", "during a save"):
+            proc = subprocess.Popen(
+                _train_command(tmp_path / "config.yaml"),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=_env(),
+            )
+            start = time.monotonic()
+            if moment == "startup":
+                killed = _kill_when(proc, lambda: (out / "config.yaml").is_file())
+            elif moment == "during a save":
+                killed = _kill_when(proc, saving)
+            else:
+                killed = _kill_when(proc, trained_a_little(start, rng.uniform(0.0, 2.0)))
+            assert killed, f"run ended before the '{moment}' kill: {proc.stderr.read()[-2000:]}"
+            proc.stderr.close()
+            # (moment, latest sound checkpoint, a save was cut short: usually true mid-save)
+            kills.append((moment, _assert_checkpoints_sound(ckpt_dir), saving()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    steps = [int(p.rsplit("-", 1)[1]) for _, p, _ in kills if p]
+    assert steps == sorted(steps) and steps, kills  # progress was kept across kills
+
+    final = subprocess.run(
+        _train_command(tmp_path / "config.yaml"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert json.loads(final.stdout.splitlines()[-1])["steps"] == 90
+    assert f"resumed from {ckpt_dir}/ckpt-" in final.stderr
+    assert _assert_checkpoints_sound(ckpt_dir).endswith("ckpt-90")
+    assert not [p.name for p in ckpt_dir.iterdir() if "_temp" in p.name or ".tmp" in p.name]
+    model = Translator.load(out, checkpoint="latest")
+    assert model.translate(["da rosso hunto sieht ena blau katu"])  # restores and runs
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(synthetic_files, tmp_path):
+    procs = {}
+    try:
+        for name in ("SIGINT", "SIGTERM"):
+            out = tmp_path / name
+            overrides = (*SMALL, "train.max_steps=100000", "train.checkpoint_every=5")
+            dump_config(tiny_config(synthetic_files, out, overrides), tmp_path / f"{name}.yaml")
+            procs[name] = subprocess.Popen(
+                _train_command(tmp_path / f"{name}.yaml"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(),
+            )
+        for name, proc in procs.items():
+            state = tmp_path / name / "checkpoints" / "checkpoint"
+            deadline = time.monotonic() + 180
+            while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(getattr(signal, name))
+        results = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for name, (stdout, stderr) in results.items():
+        code = 128 + getattr(signal, name)
+        assert procs[name].returncode == code, stderr[-2000:]
+        last = stderr.strip().splitlines()[-1]
+        ckpt_dir = tmp_path / name / "checkpoints"
+        step = int(last.split(" at step ")[1].split(";")[0])
+        assert last == (
+            f"error: interrupted by {name} at step {step}; saved {ckpt_dir}/ckpt-{step}; "
+            "run the same command again to resume"
+        )
+        assert _assert_checkpoints_sound(ckpt_dir).endswith(f"ckpt-{step}")
+        assert stdout == ""
+
+
+def _latest_weights(output_dir) -> list[np.ndarray]:
+    return [w.numpy() for w in Translator.load(output_dir, checkpoint="latest").model.weights]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_files, tmp_path):
+    out = tmp_path / "nan"
+    train(tiny_config(synthetic_files, out, (*SMALL, "train.max_steps=20")), progress=False)
+    good = _latest_weights(out)
+    # Adam moves every weight by about the learning rate: 1e38 overflows float32 next step.
+    overrides = (*SMALL, "train.max_steps=60", "train.learning_rate=1e38", "train.clip_norm=0")
+    with pytest.raises(TrainingError, match=r"^loss became (nan|inf) at step 2[12]; stopped"):
+        train(tiny_config(synthetic_files, out, overrides), progress=False)
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-20")
+    for a, b in zip(_latest_weights(out), good, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_disk_full_during_a_save_keeps_the_earlier_checkpoints(
+    synthetic_files, tmp_path, monkeypatch
+):
+    out = tmp_path / "full"
+    train(tiny_config(synthetic_files, out, (*SMALL, "train.max_steps=20")), progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    real_save = tf.train.CheckpointManager.save
+
+    def save_until_the_disk_is_full(manager, checkpoint_number=None, **kwargs):
+        partial = Path(manager.directory) / f"ckpt-{checkpoint_number}_temp"
+        partial.mkdir()
+        (partial / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save_until_the_disk_is_full)
+    config = tiny_config(synthetic_files, out, (*SMALL, "train.max_steps=40"))
+    with pytest.raises(TrainingError) as info:
+        train(config, progress=False)
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", real_save)
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot write checkpoint {out}/checkpoints/ckpt-40: no space left on device; "
+        "the earlier checkpoints are intact (latest: ckpt-20)"
+    )
+    assert "\n" not in message
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_file_size_limit_fails_a_real_save_in_one_line(synthetic_files, tmp_path):
+    """The kernel refuses the checkpoint's data file mid-write (RLIMIT_FSIZE: EFBIG)."""
+    out = tmp_path / "limited"
+    train(tiny_config(synthetic_files, out, (*SMALL, "train.max_steps=10")), progress=False)
+    before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
+    data_size = max(len(v) for k, v in before.items() if ".data-" in k)
+    config = tiny_config(synthetic_files, out, (*SMALL, "train.max_steps=20"))
+    dump_config(config, tmp_path / "config.yaml")
+    limit = data_size // 2  # above every other file the run writes, below the checkpoint's data
+
+    proc = subprocess.run(
+        _train_command(tmp_path / "config.yaml"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write checkpoint {out}/checkpoints/ckpt-20: ")
+    assert "the earlier checkpoints are intact (latest: ckpt-10)" in last
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()} == before
+
+
+def test_unwritable_output_dir_is_one_clear_error(synthetic_files, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match=f"output_dir {blocker}/run is not writable"):
+        train(tiny_config(synthetic_files, blocker / "run", SMALL), progress=False)
+
+
+def test_training_writes_the_average_of_the_last_checkpoints(synthetic_files, tmp_path):
+    out = tmp_path / "avg"
+    overrides = (*SMALL, "train.max_steps=30", "train.checkpoint_every=10", "train.average_last=2")
+    train(tiny_config(synthetic_files, out, overrides), progress=False)
+    assert tf.train.latest_checkpoint(str(out / "averaged")).endswith("ckpt-30")
+    averaged = Translator.load(out).model.weights  # "best" prefers averaged/
+    last = Translator.load(out, checkpoint="latest").model  # ckpt-30
+    previous = Translator.load(out, checkpoint="latest").model
+    tf.train.Checkpoint(model=previous).restore(str(out / "checkpoints" / "ckpt-20"))
+    for avg, a, b in zip(averaged, previous.weights, last.weights, strict=True):
+        np.testing.assert_allclose(avg.numpy(), (a.numpy() + b.numpy()) / 2, rtol=1e-6)
+    pairs = zip(averaged, last.weights, strict=True)
+    assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in pairs)
