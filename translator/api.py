@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 
 # Outputs may be this many pieces longer than ratio * source length (short sources need room).
 LENGTH_MARGIN = 10
+# translate() cuts sources to this many characters per `decode.max_source_length` piece before
+# tokenizing: SentencePiece takes time quadratic in a long run of unknown characters (a
+# 1,000,000-character word took ~50 s here). A piece covers at most 16 characters (SentencePiece's
+# default), so a source this long has more than max_source_length pieces anyway unless it is
+# mostly long runs of spaces or of unknown characters.
+CHARS_PER_PIECE = 32
 
 
 class Hypothesis(NamedTuple):
@@ -103,8 +110,13 @@ def build_translate_function(
 
 
 def check_texts(texts: object) -> list[str]:
-    """Validates the `texts` argument of translate(); returns it as a list."""
-    if isinstance(texts, (str, bytes)):
+    """Validates the `texts` argument of translate(); returns it as a list.
+
+    Raises:
+        TypeError: `texts` is not a list (or other sequence) of `str`, e.g. a bare string.
+        ValueError: an item is not valid Unicode text (it holds an unpaired surrogate).
+    """
+    if isinstance(texts, (str, bytes, bytearray, memoryview)):
         raise TypeError(
             "translate() expects a list of strings, got a single "
             f"{type(texts).__name__}; wrap it in a list: translate([text])"
@@ -114,7 +126,28 @@ def check_texts(texts: object) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"translate() expects strings; item {i} is {type(text).__name__}")
+        if not text.isascii():  # only non-ASCII text can hold a surrogate
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"translate(): item {i} is not valid Unicode text "
+                    f"(unpaired surrogate at character {exc.start})"
+                ) from None
     return list(texts)
+
+
+def _whole_number(name: str, value: object, minimum: int = 1) -> int:
+    """`value` as an int >= minimum; a float, string or bool is a TypeError, not truncated."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
 
 
 def find_checkpoint(directory: str | Path, checkpoint: str = "best") -> str:
@@ -229,7 +262,15 @@ class Translator:
 
         Options default to the config's `decode` section. Empty and whitespace-only inputs give
         "" without running the model. Sources longer than `decode.max_source_length` pieces are
-        truncated (a warning says how many).
+        truncated to that many pieces (a warning says how many); a source longer than
+        `CHARS_PER_PIECE * decode.max_source_length` characters is first cut to that many
+        characters, which bounds tokenization time. Any number of sentences may be passed: they
+        are translated `batch_size` at a time.
+
+        Raises:
+            TypeError: `texts` is not a list of strings (a bare string included), or an integer
+                option is not an integer.
+            ValueError: an item is not valid Unicode, or an option is out of range.
 
         Returns:
             One string per input, or, with `return_scores=True` or `n_best > 1`, one list of
@@ -237,13 +278,14 @@ class Translator:
         """
         texts = check_texts(texts)
         d = self.config.decode
-        beam_size = d.beam_size if beam_size is None else int(beam_size)
-        n_best = (d.n_best if d.n_best <= beam_size else 1) if n_best is None else int(n_best)
+        beam_size = d.beam_size if beam_size is None else _whole_number("beam_size", beam_size)
+        if n_best is None:
+            n_best = d.n_best if d.n_best <= beam_size else 1
+        else:
+            n_best = _whole_number("n_best", n_best)
         length_penalty = d.length_penalty if length_penalty is None else float(length_penalty)
         ratio = d.max_length_ratio if max_length_ratio is None else float(max_length_ratio)
-        batch_size = batch_size or d.batch_size
-        if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        batch_size = d.batch_size if batch_size is None else _whole_number("batch_size", batch_size)
         if not 1 <= n_best <= beam_size:
             raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
         if length_penalty < 0 or not math.isfinite(length_penalty):
@@ -255,16 +297,19 @@ class Translator:
         todo = [i for i, t in enumerate(texts) if t.strip()]
         # Longest first, so each batch pads little; results are put back in input order.
         todo.sort(key=lambda i: -len(texts[i]))
+        max_chars = CHARS_PER_PIECE * d.max_source_length
         truncated = 0
         batches = range(0, len(todo), batch_size)
         for start in tqdm(batches, disable=not progress, file=sys.stderr, unit="batch"):
             index = todo[start : start + batch_size]
+            batch = [texts[i][:max_chars] for i in index]
             out = self._run(
-                (beam_size, n_best, length_penalty, ratio),
-                tf.constant([texts[i] for i in index], tf.string),
+                (beam_size, n_best, length_penalty, ratio), tf.constant(batch, tf.string)
             )
-            truncated += int(
-                tf.reduce_sum(tf.cast(out["source_lengths"] > d.max_source_length, tf.int32))
+            too_long = out["source_lengths"].numpy() > d.max_source_length
+            truncated += sum(
+                bool(long) or len(texts[i]) > max_chars
+                for long, i in zip(too_long, index, strict=True)
             )
             strings = out["translations"].numpy()
             scores, log_probs = out["scores"].numpy(), out["log_probs"].numpy()

@@ -184,9 +184,11 @@ def _check_file(path: str | Path) -> None:
 
 def _lines(path: str | Path) -> Iterator[str]:
     """Yields the decoded lines of a plain or gzip file, BOM and line terminator removed."""
-    with open(path, "rb") as handle:
-        compressed = handle.read(2) == _GZIP_MAGIC
+    compressed = False
+    number = 0
     try:
+        with open(path, "rb") as handle:  # inside the try: an unreadable file is a DataError
+            compressed = handle.read(2) == _GZIP_MAGIC
         with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
             # Binary iteration splits on b"\n" only, the one separator every tool agrees on.
             for number, raw in enumerate(handle, start=1):
@@ -204,9 +206,10 @@ def _lines(path: str | Path) -> Iterator[str]:
                     text = text[1:]
                 yield text
     except (OSError, EOFError, zlib.error) as exc:
+        where = f"after line {number}" if number else "before line 1"
         if compressed:
-            raise DataError(f"corrupt gzip file: {path} ({exc})") from None
-        raise DataError(f"cannot read corpus file {path}: {exc}") from None
+            raise DataError(f"corrupt gzip file: {path} ({where}: {exc})") from None
+        raise DataError(f"cannot read corpus file {path} ({where}): {exc}") from None
 
 
 def _file_pairs(source: str | Path, target: str | Path) -> Iterator[tuple[str, str]]:

@@ -30,6 +30,8 @@ import json
 import logging
 import math
 import re
+import signal
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
+DRAIN_SECONDS = 30.0  # how long requests in flight may take to finish after SIGTERM/SIGINT
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
 
 
@@ -128,6 +131,11 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.stats = BatchStats()
+
+    @property
+    def queued(self) -> int:
+        """Sentences waiting for a model call (not counting the batch being run)."""
+        return len(self._items)
 
     async def submit(self, values: list[str]) -> list[dict[str, Any]]:
         """The output rows for `values`, in order."""
@@ -751,14 +759,16 @@ def create_app(directory: str | Path, settings: ServeSettings | None = None) -> 
 
     @app.get("/health")
     async def health() -> dict:
-        """Liveness and what is loaded, with per-signature batching statistics."""
+        """Liveness and what is loaded, with per-signature batching statistics and queue depth."""
         versions = repo.versions
         return {
             "status": "ok" if versions else "unavailable",
             "model": name,
             "versions": sorted(versions),
             "batching": {
-                str(v): {s: b.stats.__dict__ for s, b in served.batchers.items()}
+                str(v): {
+                    s: {**b.stats.__dict__, "queued": b.queued} for s, b in served.batchers.items()
+                }
                 for v, served in versions.items()
             },
         }
@@ -771,19 +781,86 @@ def serve(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     access_log: bool = False,
+    drain_seconds: float = DRAIN_SECONDS,
     **settings: Any,
 ) -> int:
-    """Serves an export base directory until interrupted (see the module docstring).
+    """Serves an export base directory until SIGTERM or SIGINT (see the module docstring).
+
+    The port is bound before the model loads, so a taken port fails at once. On SIGTERM or
+    SIGINT (Ctrl-C) the server stops accepting connections, lets the requests in flight finish
+    (for at most `drain_seconds`; then they are cancelled) and returns 0; a second Ctrl-C stops
+    without waiting.
 
     Args:
         directory: the export base directory, e.g. `saved_models/NAME`.
         host: interface to bind; loopback by default (nothing else can reach it).
-        port: TCP port.
+        port: TCP port (0: any free port).
         access_log: log one line per request.
+        drain_seconds: how long requests in flight may take to finish after a stop signal.
         **settings: `ServeSettings` fields.
+
+    Raises:
+        ConfigError: the address cannot be bound (port taken, unknown host).
+        ModelDirError: the directory holds no loadable version.
     """
     import uvicorn  # noqa: PLC0415
 
-    app = create_app(directory, ServeSettings(**settings))
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    sock = _bind(host, port)
+    try:
+        app = create_app(directory, ServeSettings(**settings))
+        config = uvicorn.Config(
+            app,
+            access_log=access_log,
+            log_level="info",
+            # Log through the process's logging setup (the CLI's) instead of uvicorn's own
+            # dictConfig, which would also close every handler already installed.
+            log_config=None,
+            timeout_graceful_shutdown=drain_seconds,
+        )
+        server = uvicorn.Server(config)
+        received: list[int] = []
+        with _record_stop_signals(received):
+            server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if received:
+        log.info("stopped by %s; requests in flight were answered", signal.strsignal(received[0]))
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), ready for uvicorn to listen on."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+@contextlib.contextmanager
+def _record_stop_signals(received: list[int]):
+    """Makes SIGTERM and SIGINT only be recorded in `received` while the server runs.
+
+    uvicorn catches both to shut down gracefully, then re-raises the signal it caught into the
+    handler that was installed before it started; with the default handlers that would kill the
+    process by SIGTERM (or raise KeyboardInterrupt) after a clean drain instead of returning.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals go to the main thread only: nothing to do
+        return
+    stops = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
