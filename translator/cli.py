@@ -1,4 +1,4 @@
-"""Command line: train | translate | evaluate | export | serve.
+"""Command line: train | translate | evaluate | export | serve | plot-history.
 
 Thin: each command parses flags and makes one call.
 
@@ -83,6 +83,12 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     translator = Translator.load(args.model)
     lines = _read_lines(args.input)
+    if args.attention_plot:  # first: a model without attention fails before any output
+        if len(lines) != 1:
+            raise DataError(f"--attention-plot needs exactly one input sentence, got {len(lines)}")
+        from translator.plots import write_attention_plot
+
+        write_attention_plot(translator, lines[0], args.attention_plot, **_decode_options(args))
     results = translator.translate(
         lines, return_scores=True, progress=args.input is not None, **_decode_options(args)
     )
@@ -164,6 +170,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_plot_history(args: argparse.Namespace) -> int:
+    from translator.plots import write_history_plots
+
+    paths = write_history_plots(args.directory, args.output)
+    print(json.dumps({"plots": [str(p) for p in paths]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="translator", description=__doc__.splitlines()[0])
@@ -182,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="input file (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument(
+        "--attention-plot",
+        metavar="PNG",
+        help="write the attention heatmap of the (single) input sentence (attention models)",
+    )
     _decode_flags(p)
     p.set_defaults(func=cmd_translate)
 
@@ -224,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-versions", type=int, help="newest versions kept loaded (default 1)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("plot-history", help="PNGs of the training curves from DIR/history.json")
+    p.add_argument("directory", help="trained model directory")
+    p.add_argument("--output", help="directory for loss.png and scores.png (default: DIR/plots)")
+    p.set_defaults(func=cmd_plot_history)
     return parser
 
 
