@@ -1,0 +1,95 @@
+"""Shared by the benchmarks: machine description, corpus and tokenizer loading, medians."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from translator import data as data_lib
+from translator.config import Config, load_config
+from translator.tokenizer import Tokenizers, load_or_train
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, library versions and accelerators of this machine."""
+    cpu = platform.processor() or "unknown"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by both benchmarks: corpus files, recipe, tokenizer/model directory."""
+    parser.add_argument(
+        "--corpus-dir",
+        required=True,
+        help="directory with {split}.{lang}[.gz] one-sentence-per-line files (e.g. Multi30k)",
+    )
+    parser.add_argument("--config", default="configs/multi30k_de_en.yaml", help="project recipe")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
+    parser.add_argument(
+        "--model-dir",
+        help="a trained model directory (SentencePiece models, checkpoints); without it the "
+        "tokenizers are trained on the training split into a temporary directory",
+    )
+
+
+def load_recipe(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.set)
+
+
+def corpus_file(corpus_dir: str, split: str, lang: str) -> Path:
+    """`{split}.{lang}.gz`, or the plain `{split}.{lang}` when no .gz exists."""
+    path = Path(corpus_dir) / f"{split}.{lang}.gz"
+    return path if path.exists() else path.with_suffix("")
+
+
+def read_split(args: argparse.Namespace, config: Config, split: str) -> data_lib.ParallelCorpus:
+    return data_lib.read_parallel(
+        corpus_file(args.corpus_dir, split, config.data.source_lang),
+        corpus_file(args.corpus_dir, split, config.data.target_lang),
+    )
+
+
+def tokenizers_for(args: argparse.Namespace, config: Config, train) -> Tokenizers:
+    """Tokenizers of `--model-dir`, or SentencePiece trained on `train` in a temporary dir."""
+    directory = args.model_dir or tempfile.mkdtemp(prefix="bench_spm_")
+    return load_or_train(directory, train.sources, train.targets, config.tokenizer, 0)
+
+
+def median(values) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
