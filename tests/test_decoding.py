@@ -246,6 +246,26 @@ def test_batch_invariance():
             np.testing.assert_array_equal(got[i], want[0])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_first_hypotheses_do_not_depend_on_n_best(seed):
+    # Asking for more hypotheses may only add ones after those a smaller n_best returns
+    # (an export serves n_best=2 by slicing its n_best=5 decoder).
+    model = HashModel(seed)
+    h, max_lengths = random_batch(seed, batch=8)
+    for alpha in [0.0, 0.6, 2.0]:
+        results = [
+            numpy(beam_search(model, model.initial_state(h), max_lengths, 5, alpha, n_best=n))
+            for n in (1, 2, 5)
+        ]
+        for n, smaller in zip((1, 2), results, strict=False):
+            tokens, lengths, log_probs, scores = results[-1]
+            width = smaller[0].shape[-1]
+            np.testing.assert_array_equal(smaller[0], tokens[:, :n, :width])
+            assert not tokens[:, :n, width:].any()
+            for got, want in zip(smaller[1:], (lengths, log_probs, scores), strict=True):
+                np.testing.assert_array_equal(got, want[:, :n])
+
+
 @pytest.mark.parametrize("autograph", [True, False])
 def test_runs_in_tf_function_with_dynamic_batch(autograph):
     model = HashModel(seed=3)

@@ -203,8 +203,9 @@ def beam_search(
     if it ranks within the top k, and the live beam continues with the top k non-EOS candidates
     (fairseq's rule, which makes beam 1 identical to greedy search). A sentence stops when no
     live hypothesis can beat its n_best-th finished one (an upper bound over all lengths), when
-    it has k finished hypotheses and the best live one does not score better than them at the
-    current length, or at its maximum length, where live hypotheses are finished as they are.
+    it has k finished hypotheses and the best live one does not score better than any of them
+    at the current length, or at its maximum length, where live hypotheses are finished as they
+    are. The first n hypotheses returned are the same for every n_best >= n.
 
     Args:
         step_fn: the model, see `StepFn`; called on batch * beam_size rows.
@@ -291,13 +292,15 @@ def beam_search(
             tf.concat([finishing_eos, tf.tile(last[:, None], [1, k])], axis=1),
         )
         found = tf.reduce_sum(tf.cast(finished.scores > _NEG_INF, tf.int32), axis=1)
-        worst_kept = finished.scores[:, n_best - 1]  # [batch]
-        hopeless = live_log_probs[:, 0] / max_penalty <= worst_kept
+        # Exact: no descendant of a live hypothesis can enter the n_best returned.
+        hopeless = live_log_probs[:, 0] / max_penalty <= finished.scores[:, n_best - 1]
         # fairseq stops at k finished; we also require the best live hypothesis to score no
-        # better than them right now, so finished-but-poor EOS candidates cannot cut off a
-        # much better live one (with k = 1 this still stops exactly where greedy stops).
+        # better than all k right now, so finished-but-poor EOS candidates cannot cut off a
+        # much better live one (with k = 1 this still stops exactly where greedy stops). The
+        # rule looks at all k finished, not the n_best returned, so the first n hypotheses do
+        # not depend on n_best.
         current = live_log_probs[:, 0] / _length_penalty(s.step + 1, alpha)
-        settled = (found >= k) & (current <= worst_kept)
+        settled = (found >= k) & (current <= finished.scores[:, k - 1])
         done = s.done | last | (active & (settled | hopeless))
         new = _BeamState(
             step=s.step + 1,

@@ -830,12 +830,14 @@ def serve(
 
 def _bind(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port), ready for uvicorn to listen on."""
+    if not 0 <= port <= 65535:  # getaddrinfo would silently take the port modulo 65536
+        raise ConfigError(f"cannot listen on {host}:{port}: ports are 0 to 65535")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         sock = socket.socket(family, kind, proto)
-    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
+    except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
