@@ -149,11 +149,15 @@ def test_sigint_in_process_drains_and_returns_0(export_base):
         except BaseException as exc:
             failures.append(exc)
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(60)  # still not stopped after a minute: a second Ctrl-C forces it
-        os.kill(os.getpid(), signal.SIGINT)
+        if not stopped.wait(60):  # still not stopped after a minute: a second Ctrl-C forces it
+            os.kill(os.getpid(), signal.SIGINT)
 
+    stopped = threading.Event()
     threading.Thread(target=client, daemon=True).start()
-    status = serve(export_base, port=port, max_wait_ms=2000, max_batch_size=64, poll_seconds=60)
+    try:
+        status = serve(export_base, port=port, max_wait_ms=2000, max_batch_size=64, poll_seconds=60)
+    finally:
+        stopped.set()  # a late second SIGINT would interrupt whatever test runs next
     for thread in threads:
         thread.join(timeout=60)
     assert not failures, failures
