@@ -80,11 +80,13 @@ def side(draw, n: int, marked: list[bool]) -> tuple[bytes, bool]:
             lines.append(draw(BLANK_TEXT))
     endings = draw(st.lists(st.sampled_from(["\n", "\r\n"]), min_size=n, max_size=n))
     text = "".join(line + end for line, end in zip(lines, endings, strict=True))
-    # No newline after the last line (unless it is empty: then there would be no last line).
-    if lines[-1] and draw(st.booleans()):
+    # No newline after the last line, unless what is left of it would be empty (then there
+    # would be no last line): a trailing CR goes with a removed LF, as it would read as CRLF.
+    cr_goes = lines[-1].endswith("\r") and endings[-1] == "\n"
+    if lines[-1][: -1 if cr_goes else None] and draw(st.booleans()):
         text = text[: -len(endings[-1])]
-        if lines[-1].endswith("\r") and endings[-1] == "\n":
-            text = text[:-1]  # its CR would read as a CRLF terminator; harmless, but keep exact
+        if cr_goes:
+            text = text[:-1]
     if draw(st.booleans()):
         text = "\ufeff" + text
     return text.encode("utf-8"), draw(st.booleans())
