@@ -298,9 +298,11 @@ class ModelRepository:
 
     @property
     def versions(self) -> dict[int, ServedVersion]:
+        """The loaded versions by number."""
         return self._versions  # replaced as a whole, never mutated: safe to read anywhere
 
     def get(self, version: int | None) -> ServedVersion:
+        """The given loaded version, or the highest one for None; ApiError 404 if absent."""
         versions = self._versions
         if version is None:
             if not versions:
@@ -497,17 +499,23 @@ class TranslateRequest(BaseModel):
 
 
 class Hypothesis(BaseModel):
+    """One of the n best translations of a sentence."""
+
     text: str
     score: float | None
 
 
 class Translation(BaseModel):
+    """The best translation of one input (empty for a blank input) and its score."""
+
     text: str
     score: float | None
     hypotheses: list[Hypothesis] | None = None  # with n_best > 1, best first
 
 
 class TranslateResponse(BaseModel):
+    """Response of POST /v1/translate: one translation per input text, in order."""
+
     model: str
     version: str
     beam_size: int

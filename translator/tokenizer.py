@@ -77,14 +77,17 @@ class Tokenizers:
 
     @property
     def source_vocab_size(self) -> int:
+        """Pieces in the source SentencePiece model (ids 0..size-1, pad/unk/bos/eos included)."""
         return _vocab_size(self.source_model)
 
     @property
     def target_vocab_size(self) -> int:
+        """Pieces in the target SentencePiece model."""
         return _vocab_size(self.target_model)
 
     @property
     def joint(self) -> bool:
+        """Whether source and target share one (joint) SentencePiece model."""
         return self.source_model == self.target_model
 
     def fingerprints(self) -> dict[str, str]:
