@@ -93,3 +93,30 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - start, result
+
+
+def parse_variants(spec: str, recipe: Config, cumulative: bool) -> list[tuple[str, dict]]:
+    """Parses "name:key=value,...;name:...": one (name, train overrides) per variant.
+
+    With `cumulative`, each variant starts from the previous one's overrides; otherwise from
+    none. `from=X` starts from variant X's instead. A value "RECIPE" takes the recipe's own
+    value of that key; "true"/"false" are booleans, other values numbers.
+    """
+    variants: list[tuple[str, dict]] = []
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        name, _, pairs = part.partition(":")
+        current = dict(variants[-1][1]) if variants and cumulative else {}
+        for pair in filter(None, pairs.split(",")):
+            key, _, raw = pair.partition("=")
+            if key == "from":
+                current = dict(dict(variants)[raw])
+                continue
+            if raw == "RECIPE":
+                value = getattr(recipe.train, key)
+            elif raw in ("true", "false"):
+                value = raw == "true"
+            else:
+                value = float(raw) if "." in raw else int(raw)
+            current[key] = value
+        variants.append((name, current))
+    return variants

@@ -41,18 +41,6 @@ DEFAULT_VARIANTS = (
 )
 
 
-def parse(spec: str) -> list[tuple[str, dict]]:
-    variants = []
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        name, _, pairs = part.partition(":")
-        overrides = {}
-        for pair in filter(None, pairs.split(",")):
-            key, _, raw = pair.partition("=")
-            overrides[key] = raw == "true" if raw in ("true", "false") else int(raw)
-        variants.append((name, overrides))
-    return variants
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_data_args(parser)
@@ -77,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = config_to_dict(recipe)
     base["data"] |= {"tfds": None, "train": files["train"], "valid": files["val"]}
     results = {}
-    for name, overrides in parse(args.variants):
+    for name, overrides in common.parse_variants(args.variants, recipe, cumulative=False):
         values = {
             **base,
             "train": {

@@ -57,32 +57,6 @@ XLA_VARIANTS = (
 )
 
 
-def parse_variants(spec: str, recipe: Config) -> list[tuple[str, dict]]:
-    """Parses "name:key=value,...;name:...": one (name, train overrides) per variant.
-
-    Each variant starts from the previous one's overrides, or from variant X's with `from=X`.
-    A value "RECIPE" takes the recipe's own value of that key.
-    """
-    variants: list[tuple[str, dict]] = []
-    for part in filter(None, (p.strip() for p in spec.split(";"))):
-        name, _, pairs = part.partition(":")
-        current = dict(variants[-1][1]) if variants else {}
-        for pair in filter(None, pairs.split(",")):
-            key, _, raw = pair.partition("=")
-            if key == "from":
-                current = dict(dict(variants)[raw])
-                continue
-            if raw == "RECIPE":
-                value = getattr(recipe.train, key)
-            elif raw in ("true", "false"):
-                value = raw == "true"
-            else:
-                value = float(raw) if "." in raw else int(raw)
-            current[key] = value
-        variants.append((name, current))
-    return variants
-
-
 class BaselineRunner:
     """The tutorial model trained with `model.fit` on corpus-max-padded NumPy arrays."""
 
@@ -231,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = config_to_dict(recipe)
     base["output_dir"] = "/tmp/bench_train_unused"  # the runners never write checkpoints
     spec = args.variants + (";" + XLA_VARIANTS if args.xla else "")
-    for name, overrides in parse_variants(spec, recipe):
+    for name, overrides in common.parse_variants(spec, recipe, cumulative=True):
         if args.only in (None, name):
             values = {**base, "train": {**base["train"], **overrides}}
             runners.append(ProjectRunner(name, config_from_dict(values), encoded, tokenizers))
