@@ -38,6 +38,9 @@ def test_model_dir_is_self_contained(trained_dir):
     assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
     assert {"train_loss", "valid_loss", "valid_bleu", "valid_chrf"} <= set(history[-1])
     assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    seconds = [r["seconds"] for r in history]  # training time so far, at each epoch's end
+    assert 0 < seconds[0] and seconds == sorted(set(seconds))
+    assert all(r["tokens_per_second"] > 0 for r in history)
 
 
 def _weights(output_dir):
@@ -52,6 +55,13 @@ def test_resume_continues_from_the_last_checkpoint(synthetic_files, tmp_path):
     second = train(tiny_config(synthetic_files, resumed, ("train.max_steps=40",)), progress=False)
     assert second.steps == 40  # continued, not restarted from zero
     assert tf.train.latest_checkpoint(str(resumed / "checkpoints")).endswith("ckpt-40")
+    seconds = [
+        tf.train.load_checkpoint(str(resumed / "checkpoints" / f"ckpt-{step}")).get_tensor(
+            "train_seconds/.ATTRIBUTES/VARIABLE_VALUE"
+        )
+        for step in (20, 40)
+    ]
+    assert 0 < seconds[0] < seconds[1]  # training time carries over into the resumed run
 
     straight = tmp_path / "straight"
     train(tiny_config(synthetic_files, straight, ("train.max_steps=40",)), progress=False)

@@ -28,6 +28,8 @@ from translator.errors import ConfigError, TrainingError
 from translator.train import train
 
 SMALL = ("model.units=16", "model.embedding_dim=16", "train.eval_bleu_sentences=5")
+# Rounds of the four kills in the SIGKILL test (more for a longer fault run, e.g. 5 -> 20 kills).
+KILL_ROUNDS = int(os.environ.get("TRANSLATOR_TEST_KILL_ROUNDS", "1"))
 
 
 def _env() -> dict:
@@ -66,10 +68,16 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
     out = tmp_path / "run"
+    max_steps = 60 + 30 * KILL_ROUNDS  # more than the killed runs reach
     config = tiny_config(
         synthetic_files,
         out,
-        (*SMALL, "train.max_steps=90", "train.checkpoint_every=3", "train.keep_checkpoints=2"),
+        (
+            *SMALL,
+            f"train.max_steps={max_steps}",
+            "train.checkpoint_every=3",
+            "train.keep_checkpoints=2",
+        ),
     )
     dump_config(config, tmp_path / "config.yaml")
     ckpt_dir = out / "checkpoints"
@@ -85,7 +93,7 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
 
     kills = []
     try:
-        for moment in ("startup", "during a save", "random", "during a save"):
+        for moment in ("startup", "during a save", "random", "during a save") * KILL_ROUNDS:
             proc = subprocess.Popen(
                 _train_command(tmp_path / "config.yaml"),
                 stdout=subprocess.DEVNULL,
@@ -109,6 +117,7 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
             proc.wait()
     steps = [int(p.rsplit("-", 1)[1]) for _, p, _ in kills if p]
     assert steps == sorted(steps) and steps, kills  # progress was kept across kills
+    print(f"kills survived: {len(kills)}; checkpoint after each: {steps}")
 
     final = subprocess.run(
         _train_command(tmp_path / "config.yaml"),
@@ -118,9 +127,9 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
         env=_env(),
     )
     assert final.returncode == 0, final.stderr[-2000:]
-    assert json.loads(final.stdout.splitlines()[-1])["steps"] == 90
+    assert json.loads(final.stdout.splitlines()[-1])["steps"] == max_steps
     assert f"resumed from {ckpt_dir}/ckpt-" in final.stderr
-    assert _assert_checkpoints_sound(ckpt_dir).endswith("ckpt-90")
+    assert _assert_checkpoints_sound(ckpt_dir).endswith(f"ckpt-{max_steps}")
     assert not [p.name for p in ckpt_dir.iterdir() if "_temp" in p.name or ".tmp" in p.name]
     model = Translator.load(out, checkpoint="latest")
     assert model.translate(["da rosso hunto sieht ena blau katu"])  # restores and runs

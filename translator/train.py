@@ -283,6 +283,8 @@ class Trainer:
         self.batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch")
         self.best_bleu = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best")
         self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_epochs")
+        # Wall-clock seconds spent in training steps, summed over resumed runs (checkpointed).
+        self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,
@@ -292,6 +294,7 @@ class Trainer:
             best_bleu=self.best_bleu,
             bad_epochs=self.bad_epochs,
             lr_scale=self.schedule.scale,
+            train_seconds=self.train_seconds,
         )
         keep = max(cfg.train.keep_checkpoints, cfg.train.average_last, 1)
         self.manager = tf.train.CheckpointManager(
@@ -411,6 +414,7 @@ class Trainer:
             self.best_bleu,
             self.bad_epochs,
             self.schedule.scale,
+            self.train_seconds,
         ]
         sync_from_chief(self.strategy, variables)
         if restored or int(self.step):
@@ -485,7 +489,8 @@ class Trainer:
                     shuffle_buffer=cfg.shuffle_buffer,
                     fixed_shapes=cfg.jit_compile,
                 ).skip(int(self.batch_in_epoch))
-                epoch_loss = epoch_tokens = 0.0
+                epoch_loss = epoch_tokens = epoch_seconds = 0.0
+                step_start = time.perf_counter()
                 for batch in distribute_batches(self.strategy, ds):
                     loss, tokens, stopping = self._train_step(batch, signals.flag())
                     loss, tokens = float(loss), float(tokens)
@@ -497,6 +502,10 @@ class Trainer:
                         )
                     self.step.assign_add(1)
                     self.batch_in_epoch.assign_add(1)
+                    now = time.perf_counter()
+                    self.train_seconds.assign_add(now - step_start)
+                    epoch_seconds += now - step_start
+                    step_start = now
                     epoch_loss += loss * tokens
                     epoch_tokens += tokens
                     tokens_seen += tokens
@@ -529,6 +538,9 @@ class Trainer:
                     record = self._end_of_epoch(
                         epoch, epoch_loss, epoch_tokens, translator, valid, valid_encoded, writer
                     )
+                    # Tokens/s of this run's part of the epoch (a resumed epoch: its rest).
+                    record["tokens_per_second"] = round(epoch_tokens / max(epoch_seconds, 1e-9), 1)
+                    record["seconds"] = round(float(self.train_seconds), 1)
                     history.append(record)
                     self._write_history(history)
                     if (
