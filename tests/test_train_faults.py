@@ -86,10 +86,20 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
     def saving() -> bool:  # a checkpoint write is under way
         return ckpt_dir.is_dir() and any("_temp" in p.name for p in ckpt_dir.iterdir())
 
-    def trained_a_little(since: float, delay: float):
-        return lambda: (
-            (out / "checkpoints" / "checkpoint").is_file() and (time.monotonic() - since > delay)
-        )
+    def latest_step() -> int:
+        state = (ckpt_dir / "checkpoint").is_file() and tf.train.get_checkpoint_state(str(ckpt_dir))
+        return int(state.model_checkpoint_path.rsplit("-", 1)[1]) if state else 0
+
+    def after_progress(delay: float):
+        """This run saved a checkpoint beyond the one it started from, then `delay` s passed."""
+        start_step, progressed = latest_step(), []
+
+        def ready() -> bool:
+            if not progressed and latest_step() > start_step:
+                progressed.append(time.monotonic())
+            return bool(progressed) and time.monotonic() - progressed[0] > delay
+
+        return ready
 
     kills = []
     try:
@@ -100,13 +110,12 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
                 stderr=subprocess.PIPE,
                 env=_env(),
             )
-            start = time.monotonic()
             if moment == "startup":
                 killed = _kill_when(proc, lambda: (out / "config.yaml").is_file())
             elif moment == "during a save":
                 killed = _kill_when(proc, saving)
             else:
-                killed = _kill_when(proc, trained_a_little(start, rng.uniform(0.0, 2.0)))
+                killed = _kill_when(proc, after_progress(rng.uniform(0.0, 0.3)))
             assert killed, f"run ended before the '{moment}' kill: {proc.stderr.read()[-2000:]}"
             proc.stderr.close()
             # (moment, latest sound checkpoint, a save was cut short: usually true mid-save)
