@@ -57,10 +57,37 @@ def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ())
 
 @pytest.fixture(scope="session")
 def trained_dir(synthetic_files, tmp_path_factory) -> Path:
-    """A tiny model trained for a few hundred steps: good enough to translate the task well."""
+    """A tiny model trained for a few hundred steps: good enough to translate the task well.
+
+    Under pytest-xdist the workers share one: the first to get here trains it (holding a file
+    lock) and the others wait for it, instead of each training its own. Tests only read it.
+    """
+    from filelock import FileLock
+
     from translator.train import train
 
-    out = tmp_path_factory.mktemp("trained") / "run"
-    config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=12"))
-    train(config, progress=False)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the directory all workers' base temp dirs are in
+    out, done = root / "trained" / "run", root / "trained" / "done"
+    with FileLock(root / "trained.lock"):
+        if not done.is_file():
+            # synthetic_files are the same on every worker (fixed seed): any worker's will do.
+            config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=12"))
+            train(config, progress=False)
+            done.touch()
     return out
+
+
+# Files that run first. Under pytest-xdist (whole files per worker, handed out in this order)
+# one worker starts on test_api.py, which trains the shared `trained_dir` model, while the
+# other takes the longest files that do not need that model, instead of waiting for it.
+FIRST = ("test_api.py", "test_notebooks.py", "test_train_faults.py", "test_distribute.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the order within files and among the others stays
