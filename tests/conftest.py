@@ -79,10 +79,24 @@ def trained_dir(synthetic_files, tmp_path_factory) -> Path:
     return out
 
 
-# Files that run first. Under pytest-xdist (whole files per worker, handed out in this order)
-# one worker starts on test_api.py, which trains the shared `trained_dir` model, while the
-# other takes the longest files that do not need that model, instead of waiting for it.
-FIRST = ("test_api.py", "test_notebooks.py", "test_train_faults.py", "test_distribute.py")
+# Files in the order they run, longest first (measured), the rest after them. Under
+# pytest-xdist (whole files per worker, two each to start with, then one at a time) one worker
+# starts on test_api.py, which trains the shared `trained_dir` model, while the other takes the
+# longest files that do not need that model, instead of waiting for it.
+FIRST = (
+    "test_api.py",
+    "test_notebooks.py",
+    "test_train_faults.py",
+    "test_distribute.py",
+    "test_serving.py",
+    "test_fuzz_server.py",
+    "test_train.py",
+    "test_export.py",
+    "test_soak.py",
+    "test_cli.py",
+    "test_checkpoints.py",
+    "test_speed_options.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
