@@ -40,6 +40,11 @@ def _train_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "translator", "train", str(config_path), "--no-progress"]
 
 
+def _step(checkpoint_path: str) -> int:
+    """The step number in a checkpoint path (`.../ckpt-42` -> 42)."""
+    return int(checkpoint_path.rsplit("-", 1)[1])
+
+
 def _assert_checkpoints_sound(directory: Path) -> str | None:
     """The state file names only complete checkpoints; the latest one reads back fully."""
     state = tf.train.get_checkpoint_state(str(directory))
@@ -88,7 +93,7 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
 
     def latest_step() -> int:
         state = (ckpt_dir / "checkpoint").is_file() and tf.train.get_checkpoint_state(str(ckpt_dir))
-        return int(state.model_checkpoint_path.rsplit("-", 1)[1]) if state else 0
+        return _step(state.model_checkpoint_path) if state else 0
 
     def after_progress(delay: float):
         """This run saved a checkpoint beyond the one it started from, then `delay` s passed."""
@@ -124,7 +129,7 @@ def test_sigkill_at_any_moment_then_rerun_finishes(synthetic_files, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    steps = [int(p.rsplit("-", 1)[1]) for _, p, _ in kills if p]
+    steps = [_step(p) for _, p, _ in kills if p]
     assert steps == sorted(steps) and steps, kills  # progress was kept across kills
     print(f"kills survived: {len(kills)}; checkpoint after each: {steps}")
 

@@ -489,7 +489,8 @@ class Trainer:
                     shuffle_buffer=cfg.shuffle_buffer,
                     fixed_shapes=cfg.jit_compile,
                 ).skip(int(self.batch_in_epoch))
-                epoch_loss = epoch_tokens = epoch_seconds = 0.0
+                epoch_loss = epoch_tokens = 0.0
+                seconds_before_epoch = float(self.train_seconds)
                 step_start = time.perf_counter()
                 for batch in distribute_batches(self.strategy, ds):
                     loss, tokens, stopping = self._train_step(batch, signals.flag())
@@ -504,7 +505,6 @@ class Trainer:
                     self.batch_in_epoch.assign_add(1)
                     now = time.perf_counter()
                     self.train_seconds.assign_add(now - step_start)
-                    epoch_seconds += now - step_start
                     step_start = now
                     epoch_loss += loss * tokens
                     epoch_tokens += tokens
@@ -539,8 +539,10 @@ class Trainer:
                         epoch, epoch_loss, epoch_tokens, translator, valid, valid_encoded, writer
                     )
                     # Tokens/s of this run's part of the epoch (a resumed epoch: its rest).
-                    record["tokens_per_second"] = round(epoch_tokens / max(epoch_seconds, 1e-9), 1)
-                    record["seconds"] = round(float(self.train_seconds), 1)
+                    seconds = float(self.train_seconds)
+                    epoch_seconds = max(seconds - seconds_before_epoch, 1e-9)
+                    record["tokens_per_second"] = round(epoch_tokens / epoch_seconds, 1)
+                    record["seconds"] = round(seconds, 1)
                     history.append(record)
                     self._write_history(history)
                     if (
