@@ -73,7 +73,7 @@ def trained_dir(synthetic_files, tmp_path_factory) -> Path:
     with FileLock(root / "trained.lock"):
         if not done.is_file():
             # synthetic_files are the same on every worker (fixed seed): any worker's will do.
-            config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=12"))
+            config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=10"))
             train(config, progress=False)
             done.touch()
     return out

@@ -318,6 +318,21 @@ class Trainer:
         self._eval_step = tf.function(
             lambda batch: self._run(replica_eval, batch)[:2], reduce_retracing=True
         )
+        self._traced_for_any_shape: set[str] = set()
+
+    def _trace_for_any_shape(self, name: str, function, batch, *specs) -> None:
+        """Traces `function` once for batches of every shape, before its first call.
+
+        Left to `reduce_retracing`, a step function is traced three times (the first batch's
+        shape, then again as each dimension turns out to vary): seconds each, per process.
+        Batches split over replicas are left to trace as they come.
+        """
+        if name in self._traced_for_any_shape:
+            return
+        self._traced_for_any_shape.add(name)
+        if all(isinstance(t, tf.Tensor) for t in batch):
+            relaxed = tuple(tf.TensorSpec([None] * t.shape.rank, t.dtype) for t in batch)
+            function.get_concrete_function(relaxed, *specs)
 
     def _masked_loss(self, batch, training: bool, stop=None):
         """This replica's share of the global mean loss, its token count, the global stop flag."""
@@ -493,6 +508,9 @@ class Trainer:
                 seconds_before_epoch = float(self.train_seconds)
                 step_start = time.perf_counter()
                 for batch in distribute_batches(self.strategy, ds):
+                    self._trace_for_any_shape(
+                        "train", self._train_step, batch, tf.TensorSpec([], tf.float32)
+                    )
                     loss, tokens, stopping = self._train_step(batch, signals.flag())
                     loss, tokens = float(loss), float(tokens)
                     if not math.isfinite(loss):
@@ -639,6 +657,7 @@ class Trainer:
         )
         total = count = 0.0
         for batch in distribute_batches(self.strategy, ds):
+            self._trace_for_any_shape("eval", self._eval_step, batch)
             loss, tokens = self._eval_step(batch)
             total += float(loss) * float(tokens)
             count += float(tokens)
