@@ -55,28 +55,47 @@ def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ())
     return config_from_dict(values, overrides)
 
 
-@pytest.fixture(scope="session")
-def trained_dir(synthetic_files, tmp_path_factory) -> Path:
-    """A tiny model trained for a few hundred steps: good enough to translate the task well.
+def _shared(tmp_path_factory, name: str, build) -> Path:
+    """`build(path)` run once per test session, under pytest-xdist once for all workers.
 
-    Under pytest-xdist the workers share one: the first to get here trains it (holding a file
-    lock) and the others wait for it, instead of each training its own. Tests only read it.
+    The first worker to get here builds it (holding a file lock) and the others wait for it,
+    instead of each building its own. Tests only read what it built.
     """
     from filelock import FileLock
-
-    from translator.train import train
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the directory all workers' base temp dirs are in
-    out, done = root / "trained" / "run", root / "trained" / "done"
-    with FileLock(root / "trained.lock"):
+    out, done = root / name / "out", root / name / "done"
+    with FileLock(root / f"{name}.lock"):
         if not done.is_file():
-            # synthetic_files are the same on every worker (fixed seed): any worker's will do.
-            config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=10"))
-            train(config, progress=False)
+            build(out)
             done.touch()
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_dir(synthetic_files, tmp_path_factory) -> Path:
+    """A tiny model trained for a few hundred steps: good enough to translate the task well."""
+    from translator.train import train
+
+    def build(out: Path) -> None:
+        # synthetic_files are the same on every worker (fixed seed): any worker's will do.
+        config = tiny_config(synthetic_files, out, ("train.max_steps=0", "train.epochs=10"))
+        train(config, progress=False)
+
+    return _shared(tmp_path_factory, "trained", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(trained_dir, tmp_path_factory) -> Path:
+    """The export base directory `.../tiny` of `trained_dir` (version 1), exported once."""
+    from translator.export import export_model
+
+    def build(out: Path) -> None:
+        export_model(trained_dir, out / "tiny", parity_sentences=16)
+
+    return _shared(tmp_path_factory, "exported", build) / "tiny"
 
 
 # Files in the order they run, longest first (measured), the rest after them. Under

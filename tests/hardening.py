@@ -1,4 +1,4 @@
-"""Helpers shared by the fuzz, security and soak tests: one tiny export per session, raw HTTP
+"""Helpers shared by the fuzz, security and soak tests: raw HTTP
 requests (bytes exactly as given, no client-side URL normalisation) and a Python audit hook
 recording which files and code a block of code touches."""
 
@@ -8,21 +8,6 @@ import contextlib
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-
-from translator.export import export_model, list_versions
-
-_EXPORTS: dict[Path, Path] = {}
-
-
-def tiny_export(trained_dir: Path, tmp_path_factory) -> Path:
-    """The export base directory `.../tiny` of the session's trained model, exported once."""
-    if trained_dir not in _EXPORTS:
-        base = tmp_path_factory.mktemp("hardening") / "tiny"
-        export_model(trained_dir, base, parity_sentences=4)
-        assert list_versions(base) == [1]
-        _EXPORTS[trained_dir] = base
-    return _EXPORTS[trained_dir]
 
 
 def free_port() -> int:

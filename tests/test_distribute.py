@@ -115,7 +115,7 @@ def _small_train_set(synthetic_files, directory, pairs: int = 150) -> tuple[str,
 @pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_matches_default(synthetic_files, tmp_path):
     small = _small_train_set(synthetic_files, tmp_path)
-    overrides = (*SMALL, *small, "train.max_steps=0", "train.epochs=3")
+    overrides = (*SMALL, *small, "train.max_steps=0", "train.epochs=2")
     config = tiny_config(synthetic_files, tmp_path / "unused", overrides)
     dump_config(config, tmp_path / "config.yaml")
     proc = subprocess.run(

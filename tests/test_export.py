@@ -47,11 +47,9 @@ def sentences(synthetic_files) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(trained_dir, tmp_path_factory):
-    """The tiny trained model exported once: (base dir, version dir)."""
-    base = tmp_path_factory.mktemp("exports") / "tiny"
-    version_dir = export_model(trained_dir, base, parity_sentences=16)
-    return base, version_dir
+def exported(tiny_export):
+    """The tiny trained model exported once for the session: (base dir, version dir)."""
+    return tiny_export, tiny_export / "1"
 
 
 @pytest.fixture(scope="module")

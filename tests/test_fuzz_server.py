@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import schemathesis
-from hardening import audited, event_path, raw_http, read_response, tiny_export
+from hardening import audited, event_path, raw_http, read_response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -52,8 +52,8 @@ def sources(synthetic_files) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def export_base(trained_dir, tmp_path_factory) -> Path:
-    return tiny_export(trained_dir, tmp_path_factory)
+def export_base(tiny_export) -> Path:
+    return tiny_export
 
 
 @pytest.fixture(scope="module")

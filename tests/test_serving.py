@@ -57,10 +57,8 @@ def running(app):
 
 
 @pytest.fixture(scope="module")
-def export_base(trained_dir, tmp_path_factory):
-    base = tmp_path_factory.mktemp("served") / "tiny"
-    export_model(trained_dir, base, parity_sentences=8)
-    return base
+def export_base(tiny_export):
+    return tiny_export
 
 
 @pytest.fixture(scope="module")

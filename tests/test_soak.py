@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from hardening import free_port, tiny_export
+from hardening import free_port
 from test_serving import SETTINGS, running
 
 from translator.serving import create_app, serve
@@ -34,8 +34,8 @@ SENTENCES = ["da rosso hunto", "blu verde", "hunto da", "rosso", "verde da blu",
 
 
 @pytest.fixture(scope="module")
-def export_base(trained_dir, tmp_path_factory) -> Path:
-    return tiny_export(trained_dir, tmp_path_factory)
+def export_base(tiny_export) -> Path:
+    return tiny_export
 
 
 def test_soak_of_mixed_requests_loses_nothing(export_base):
