@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from translator.config import Config, config_from_dict, dump_config, load_config
@@ -161,3 +163,14 @@ def test_cross_field_validation_names_key():
         config_from_dict({"decode": {"n_best": 3, "beam_size": 2}})
     with pytest.raises(ConfigError, match=r"'model.attention': 'dot' is not one of"):
         config_from_dict({"model": {"attention": "dot"}})
+
+
+RECIPES = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipes_load_and_validate(path):
+    config = load_config(path)
+    direction = f"{config.data.source_lang}_{config.data.target_lang}"
+    assert path.stem.startswith(f"multi30k_{direction}")  # the file name says the direction
+    assert config.output_dir == f"runs/{path.stem}"  # each recipe trains into its own run
