@@ -35,8 +35,9 @@ from translator.train import train  # noqa: E402
 
 # "reference_seed_1" is the reference with another seed: the spread that seed alone gives is
 # the noise floor against which an option's BLEU difference is read. XLA (jit_compile) is not
-# among the defaults: on the 2-core development CPU compiling one bucket shape of the recipe's
-# model did not finish in 18 minutes (RESULTS.md); add "xla:...,jit_compile=true" to try it.
+# among the defaults: on the 2-core development CPU the first XLA step (compile and run) on one
+# bucket shape of the recipe's model did not return in 18 minutes (RESULTS.md); add
+# "xla:...,jit_compile=true" to try it.
 DEFAULT_VARIANTS = (
     "reference:packed_loss=false,mixed_precision=false,jit_compile=false,bucket_width=8;"
     "reference_seed_1:packed_loss=false,mixed_precision=false,jit_compile=false,bucket_width=8,"
