@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: machine description, corpus and tokenizer loading, medians."""
+"""Shared by the benchmarks: machine description, corpus loading and encoding, medians."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from translator import data as data_lib
 from translator.config import Config, load_config
+from translator.pipeline import encode_corpus
 from translator.tokenizer import Tokenizers, load_or_train
 
 
@@ -82,6 +83,14 @@ def tokenizers_for(args: argparse.Namespace, config: Config, train) -> Tokenizer
     """Tokenizers of `--model-dir`, or SentencePiece trained on `train` in a temporary dir."""
     directory = args.model_dir or tempfile.mkdtemp(prefix="bench_spm_")
     return load_or_train(directory, train.sources, train.targets, config.tokenizer, 0)
+
+
+def encoded_split(args: argparse.Namespace, config: Config, split: str):
+    """(tokenizers, encoded corpus) of `split`: read, tokenized as in `tokenizers_for`, encoded."""
+    corpus = read_split(args, config, split)
+    tokenizers = tokenizers_for(args, config, corpus)
+    encoded = encode_corpus(tokenizers, corpus.sources, corpus.targets, config.data.max_length)
+    return tokenizers, encoded
 
 
 def median(values) -> float:

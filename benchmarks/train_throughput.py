@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 from baselines import keras_tutorial  # noqa: E402
 
 from translator.config import Config, config_from_dict, config_to_dict  # noqa: E402
-from translator.pipeline import EncodedCorpus, encode_corpus, make_dataset  # noqa: E402
+from translator.pipeline import EncodedCorpus, make_dataset  # noqa: E402
 from translator.train import Trainer  # noqa: E402
 
 # Cumulative ablation: name -> train.* overrides applied on top of the previous variant.
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     recipe = common.load_recipe(args)
     started = time.perf_counter()
-    corpus = common.read_split(args, recipe, args.split)
-    tokenizers = common.tokenizers_for(args, recipe, corpus)
-    encoded = encode_corpus(tokenizers, corpus.sources, corpus.targets, recipe.data.max_length)
+    tokenizers, encoded = common.encoded_split(args, recipe, args.split)
 
     runners: list = []
     if args.only in (None, "baseline_keras_tutorial"):

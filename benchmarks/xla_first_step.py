@@ -25,7 +25,6 @@ import common  # noqa: E402
 from train_throughput import ProjectRunner, train_step  # noqa: E402
 
 from translator.config import config_from_dict, config_to_dict  # noqa: E402
-from translator.pipeline import encode_corpus  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,9 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     recipe = common.load_recipe(args)
-    corpus = common.read_split(args, recipe, args.split)
-    tokenizers = common.tokenizers_for(args, recipe, corpus)
-    encoded = encode_corpus(tokenizers, corpus.sources, corpus.targets, recipe.data.max_length)
+    tokenizers, encoded = common.encoded_split(args, recipe, args.split)
     base = config_to_dict(recipe)
     base["output_dir"] = "/tmp/bench_xla_unused"  # the runners never write checkpoints
     for name, jit in (("float32", False), ("xla_float32", True)):
