@@ -23,6 +23,7 @@ from translator.config import Config, load_config
 from translator.decoding import beam_search, greedy_search
 from translator.errors import ModelDirError
 from translator.model import Seq2Seq, build_model
+from translator.model_dir import find_checkpoint
 from translator.tokenizer import EOS_ID, Tokenizers
 
 log = logging.getLogger(__name__)
@@ -148,25 +149,6 @@ def _whole_number(name: str, value: object, minimum: int = 1) -> int:
     if number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {number}")
     return number
-
-
-def find_checkpoint(directory: str | Path, checkpoint: str = "best") -> str:
-    """The checkpoint path `Translator.load` restores: "best" or "latest".
-
-    "best" is the averaged checkpoint when the model was trained with `train.average_last`,
-    else the best validation BLEU checkpoint, falling back to the latest.
-    """
-    directory = Path(directory)
-    path = None
-    if checkpoint == "best":
-        config_file = directory / "config.yaml"
-        if config_file.is_file() and load_config(config_file).train.average_last:
-            path = tf.train.latest_checkpoint(str(directory / "averaged"))
-        path = path or tf.train.latest_checkpoint(str(directory / "best"))
-    path = path or tf.train.latest_checkpoint(str(directory / "checkpoints"))
-    if path is None:
-        raise ModelDirError(f"no checkpoint found in {directory}/checkpoints")
-    return path
 
 
 class Translator:

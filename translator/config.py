@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from translator.constants import ATTENTION_KINDS, decoder_width
 from translator.errors import ConfigError
 
 
@@ -139,7 +140,7 @@ _Loader.add_implicit_resolver(
 
 
 _CHOICES = {
-    "model.attention": ("none", "luong", "bahdanau"),
+    "model.attention": ATTENTION_KINDS,
     "tokenizer.model_type": ("unigram", "bpe"),
     "train.lr_schedule": ("constant", "inverse_sqrt", "plateau"),
     "train.strategy": ("default", "mirrored", "multi_worker"),
@@ -329,11 +330,12 @@ def _validate(config: Config) -> None:
             f"config key 'decode.n_best' ({config.decode.n_best}) cannot exceed "
             f"'decode.beam_size' ({config.decode.beam_size})"
         )
-    if config.model.decoder_units and not config.model.bridge:
-        if config.model.decoder_units != 2 * config.model.units:
-            raise ConfigError(
-                "config key 'model.decoder_units' must equal 2 * model.units without a bridge "
-                "(the context vector is the decoder's initial state); set model.bridge=true"
-            )
+    try:
+        decoder_width(config.model.units, config.model.decoder_units, config.model.bridge)
+    except ValueError:
+        raise ConfigError(
+            "config key 'model.decoder_units' must equal 2 * model.units without a bridge "
+            "(the context vector is the decoder's initial state); set model.bridge=true"
+        ) from None
     if config.train.max_steps == 0 and config.train.epochs == 0:
         raise ConfigError("set 'train.max_steps' or 'train.epochs' (both are 0)")

@@ -10,7 +10,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-PAD_ID = 0
+from translator.constants import PAD_ID
+
 _NEG_INF = -1e9  # masked attention score: exp() underflows to exactly 0 in float32
 
 

@@ -11,9 +11,8 @@ import tensorflow as tf
 from keras import ops
 
 from translator.config import ModelConfig
+from translator.constants import ATTENTION_KINDS, decoder_width
 from translator.layers import Bridge, Decoder, Encoder
-
-ATTENTION_KINDS = ("none", "luong", "bahdanau")
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -58,11 +57,7 @@ class Seq2Seq(keras.Model):
         super().__init__(**kwargs)
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
-        if decoder_units and not bridge and decoder_units != 2 * units:
-            raise ValueError(
-                f"decoder_units={decoder_units} needs bridge=True (without a bridge the decoder "
-                f"width is 2 * units = {2 * units})"
-            )
+        width = decoder_width(units, decoder_units, bridge)
         self.source_vocab_size = source_vocab_size
         self.target_vocab_size = target_vocab_size
         self.embedding_dim = embedding_dim
@@ -74,7 +69,6 @@ class Seq2Seq(keras.Model):
         self.dropout = dropout
         self.attention = attention
         self.tie_embeddings = tie_embeddings
-        width = decoder_units or 2 * units
         self.encoder = Encoder(
             source_vocab_size, embedding_dim, units, encoder_layers, dropout, name="encoder"
         )

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import signal
 import socket
 import threading
@@ -47,14 +46,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from translator.errors import ConfigError, ModelDirError
-from translator.export import list_versions
+from translator.export.layout import is_version_name, list_versions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
 DRAIN_SECONDS = 30.0  # how long requests in flight may take to finish after SIGTERM/SIGINT
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
 
 
 @dataclass(frozen=True)
@@ -639,7 +637,7 @@ def create_app(directory: str | Path, settings: ServeSettings | None = None) -> 
             what = "Latest" if version is None else "Specific"
             which = model if version is None else f"{model}, {version}"
             raise ApiError(404, f"Servable not found for request: {what}({which})")
-        if version is not None and not _DIGITS.match(version):
+        if version is not None and not is_version_name(version):
             raise ApiError(404, f"Malformed request: version '{version}' is not a number")
         return repo.get(None if version is None else int(version))
 
@@ -663,7 +661,7 @@ def create_app(directory: str | Path, settings: ServeSettings | None = None) -> 
         if model != name:
             raise ApiError(404, f"Could not find any versions of model {model}")
         if version is not None and (
-            not _DIGITS.match(version) or int(version) not in repo.versions
+            not is_version_name(version) or int(version) not in repo.versions
         ):
             raise ApiError(404, f"Could not find version {version} of model {model}")
         shown = [int(version)] if version is not None else sorted(repo.versions, reverse=True)

@@ -22,11 +22,10 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from translator.config import TokenizerConfig
+from translator.constants import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from translator.errors import ModelDirError
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-SOURCE_FILE = "spm.source.model"
-TARGET_FILE = "spm.target.model"
+from translator.model_dir import SOURCE_SPM as SOURCE_FILE
+from translator.model_dir import TARGET_SPM as TARGET_FILE
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ import contextlib
 import datetime
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -38,7 +37,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -49,6 +47,12 @@ from translator import data as data_lib
 from translator.api import Translator, find_checkpoint
 from translator.config import load_config
 from translator.errors import ModelDirError, TranslatorError
+from translator.export.layout import (
+    DecodeOptions,
+    next_version,
+    pick_decoder,
+    resolve_export_dir,
+)
 from translator.tokenizer import SOURCE_FILE, TARGET_FILE
 
 log = logging.getLogger(__name__)
@@ -58,7 +62,6 @@ DEFAULT_BEAM_SIZE = 5
 PARITY_SENTENCES = 64
 CONFIG_ASSET = "config.yaml"
 INFO_ASSET = "export.json"
-_VERSION = re.compile(r"^[0-9]{1,18}$")
 
 # Run by the parity gate in a fresh interpreter (`python -I -c`): it must import nothing but
 # tensorflow and tensorflow_text, which proves a client needs no `translator` code.
@@ -88,49 +91,6 @@ json.dump(result, sys.stdout)
 
 class ExportError(TranslatorError):
     """An export cannot be written, or failed its parity check."""
-
-
-class DecodeOptions(NamedTuple):
-    """Decoding options baked into one exported signature."""
-
-    beam_size: int
-    n_best: int
-    length_penalty: float
-    max_length_ratio: float
-
-
-# -- layout ----------------------------------------------------------------------------------
-
-
-def list_versions(base: str | Path) -> list[int]:
-    """The complete versions under an export base directory, ascending.
-
-    Only all-digit directory names holding a `saved_model.pb` count (TF Serving's rule), so
-    the hidden temporary directories of an export in progress are never picked up.
-    """
-    base = Path(base)
-    if not base.is_dir():
-        return []
-    return sorted(
-        int(p.name)
-        for p in base.iterdir()
-        if _VERSION.match(p.name) and (p / "saved_model.pb").is_file()
-    )
-
-
-def resolve_export_dir(path: str | Path) -> Path | None:
-    """The version directory `path` points to: itself if it is one, else the highest version
-    when it is an export base directory; None when it is not an export at all."""
-    path = Path(path)
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = list_versions(path)
-    return path / str(versions[-1]) if versions else None
-
-
-def _next_version(base: Path) -> int:
-    taken = [int(p.name) for p in base.iterdir() if _VERSION.match(p.name)]
-    return max(taken, default=0) + 1
 
 
 # -- the exported module ---------------------------------------------------------------------
@@ -308,7 +268,7 @@ def _publish(tmp: Path, base: Path) -> Path:
     never overwrite each other: the loser retries with the next number.
     """
     for _ in range(100):
-        target = base / str(_next_version(base))
+        target = base / str(next_version(base))
         try:
             os.rename(tmp, target)
             return target
@@ -469,28 +429,15 @@ class ExportedTranslator(Translator):
     def translate_function(
         self, beam_size: int, n_best: int, length_penalty: float, max_length_ratio: float
     ):
-        """The exported function for these options; top-n of a larger n-best list is the same
-        as asking for n (beam search only stops once no live hypothesis can enter the list)."""
-        for name, options in self.decoders.items():
-            if (
-                options.beam_size == beam_size
-                and n_best <= options.n_best
-                and math.isclose(options.length_penalty, length_penalty)
-                and math.isclose(options.max_length_ratio, max_length_ratio)
-            ):
-                fn = getattr(self.loaded, f"decode_{name}")
-                if n_best == options.n_best:
-                    return fn
-                return lambda text, fn=fn: {
-                    k: v if k == "source_lengths" else v[:, :n_best] for k, v in fn(text).items()
-                }
-        available = "; ".join(
-            f"beam_size={o.beam_size} n_best<={o.n_best} length_penalty={o.length_penalty} "
-            f"max_length_ratio={o.max_length_ratio}"
-            for o in dict.fromkeys(self.decoders.values())
-        )
-        raise ValueError(
-            f"export {self.directory} has no decoder for beam_size={beam_size}, n_best={n_best}, "
-            f"length_penalty={length_penalty}, max_length_ratio={max_length_ratio}; it has: "
-            f"{available} (re-export with --beam-size/--n-best for others)"
-        )
+        """The exported function for these options (`layout.pick_decoder`); top-n of a longer
+        n-best list is the same as asking for n."""
+        try:
+            name = pick_decoder(self.decoders, beam_size, n_best, length_penalty, max_length_ratio)
+        except ValueError as exc:
+            raise ValueError(f"export {self.directory}: {exc}") from None
+        fn = getattr(self.loaded, f"decode_{name}")
+        if n_best == self.decoders[name].n_best:
+            return fn
+        return lambda text: {
+            k: v if k == "source_lengths" else v[:, :n_best] for k, v in fn(text).items()
+        }

@@ -1,0 +1,28 @@
+"""Facts every stage agrees on, defined once: special token ids, attention kinds, and the rule
+that ties the decoder's width to the encoder's when there is no bridge."""
+
+from __future__ import annotations
+
+# SentencePiece ids of the special pieces (the tokenizer trains its models with these).
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+# Decoder attention: "none" is the card's context-vector model; the others score the encoder
+# outputs with Luong's multiplicative or Bahdanau's additive attention (both with input feeding).
+ATTENTION_KINDS = ("none", "luong", "bahdanau")
+ATTENTION_SCORES = ATTENTION_KINDS[1:]
+
+
+def decoder_width(units: int, decoder_units: int, bridge: bool) -> int:
+    """The decoder LSTM width: `decoder_units`, or 2 * `units` (the concatenated forward and
+    backward encoder states) when it is 0.
+
+    Raises:
+        ValueError: `decoder_units` differs from 2 * `units` without a bridge (the context
+            vector is the decoder's initial state, so the widths must agree).
+    """
+    if decoder_units and not bridge and decoder_units != 2 * units:
+        raise ValueError(
+            f"decoder_units={decoder_units} needs bridge=True (without a bridge the decoder "
+            f"width is 2 * units = {2 * units})"
+        )
+    return decoder_units or 2 * units
