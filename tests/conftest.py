@@ -48,6 +48,7 @@ def tiny_config(files: dict[str, Path], output_dir: Path, overrides: tuple = ())
             "checkpoint_every": 20,
             "seed": 7,
             "eval_bleu_sentences": 50,
+            "mixed_precision": False,  # the same numerics on every machine kind
         },
         "decode": {"max_length": 64},
         "output_dir": str(output_dir),

@@ -97,7 +97,8 @@ class TrainConfig:
     average_last: int = 0  # average the last N checkpoints into the final weights; 0 = off
     strategy: str = "default"  # default | mirrored | multi_worker
     cluster_timeout: float = 300.0  # seconds a multi_worker task waits for the others
-    mixed_precision: bool = False  # bfloat16 compute (AMX/AVX-512 bf16 CPUs, recent GPUs)
+    # bfloat16 compute: auto = where native (GPU, amx_bf16/avx512_bf16 CPU); true/false force it
+    mixed_precision: bool | str = "auto"
     jit_compile: bool = False  # XLA for the train step (batches then padded to fixed shapes)
     packed_loss: bool = True  # vocabulary projection + softmax only at real (non-pad) tokens
     bucket_width: int = 8  # length buckets are multiples of this many pieces
@@ -144,6 +145,7 @@ _CHOICES = {
     "tokenizer.model_type": ("unigram", "bpe"),
     "train.lr_schedule": ("constant", "inverse_sqrt", "plateau"),
     "train.strategy": ("default", "mirrored", "multi_worker"),
+    "train.mixed_precision": ("auto", True, False),
 }
 
 
@@ -201,7 +203,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
             raise ConfigError(f"unknown config key '{dotted}' (known: {', '.join(sorted(names))})")
         kwargs[key] = _coerce(value, hints[key], dotted)
         if dotted in _CHOICES and kwargs[key] not in _CHOICES[dotted]:
-            choices = " | ".join(_CHOICES[dotted])
+            choices = " | ".join(str(c).lower() for c in _CHOICES[dotted])
             raise ConfigError(f"config key '{dotted}': {kwargs[key]!r} is not one of {choices}")
     return cls(**kwargs)
 

@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
-from translator import checkpoints
+from translator import checkpoints, precision
 from translator import data as data_lib
 from translator.config import Config, dump_config, load_config
 from translator.distribute import (
@@ -260,13 +260,9 @@ class Trainer:
     def _build(self, tokenizers: Tokenizers) -> None:
         cfg = self.config
         # Layers take the global policy when built: set it both ways (a process may train twice).
-        policy = "mixed_bfloat16" if cfg.train.mixed_precision else "float32"
+        policy, why = precision.resolve(cfg.train.mixed_precision)
         keras.mixed_precision.set_global_policy(policy)
-        if cfg.train.mixed_precision and not _has_fast_bf16():
-            log.warning(
-                "train.mixed_precision=true on a CPU without bf16 instructions (avx512_bf16 or "
-                "amx_bf16) and no GPU: bfloat16 is emulated and usually slower than float32 here"
-            )
+        (log.warning if "warning" in why else log.info)("computing in %s (%s)", policy, why)
         with self.strategy.scope():
             self.model: Seq2Seq = build_model(
                 cfg.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
@@ -700,20 +696,6 @@ def _first_line(exc: tf.errors.OpError) -> str:
     """TensorFlow's message without its `{{function_node ...}}` prefix, first line only."""
     text = re.sub(r"^\{\{[^}]*\}\}\s*", "", exc.message or "")
     return (text.splitlines() or [type(exc).__name__])[0][:200]
-
-
-def _has_fast_bf16() -> bool:
-    """Whether bfloat16 runs natively: a GPU, or a CPU with avx512_bf16/amx_bf16 (Linux flags).
-
-    Unknown (no /proc/cpuinfo) counts as yes, so only a CPU known to lack them is warned about.
-    """
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return True
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _has_tokenizers(directory: Path) -> bool:
