@@ -237,6 +237,24 @@ def test_client_mistakes_get_4xx_json_errors(server, method, path, body, status,
     assert message in r.json()["error"]
 
 
+def test_importing_the_server_imports_no_tensorflow():
+    # TensorFlow is imported when a version is loaded, never by importing any serving module.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import translator.serving as serving\n"
+        "names = [m.name for m in pkgutil.iter_modules(serving.__path__)]\n"
+        "for name in names:\n"
+        "    importlib.import_module(f'translator.serving.{name}')\n"
+        "print(' '.join(sorted(names)))\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    modules, tensorflow = result.stdout.split("\n")[:2]
+    assert {"app", "batching", "repository", "rest", "server"} <= set(modules.split())
+    assert tensorflow == "False"
+
+
 def test_default_bind_is_loopback():
     args = build_parser().parse_args(["serve", "saved_models/x"])
     assert (args.host, args.port) == ("127.0.0.1", 8501)

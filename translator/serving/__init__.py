@@ -1,0 +1,62 @@
+"""HTTP server for an export: TensorFlow Serving's REST API, plus `/v1/translate` and `/health`.
+
+`serve("saved_models/NAME")` serves the export base directory as model NAME (FastAPI on
+uvicorn, 127.0.0.1:8501 by default):
+
+- `POST /v1/models/NAME[/versions/N]:predict`: row (`instances`) or columnar (`inputs`)
+  requests with an optional `signature_name`; answers `{"predictions": ...}` or
+  `{"outputs": ...}` as TF Serving does. String inputs may also be `{"b64": ...}`.
+- `GET /v1/models/NAME[/versions/N]` (version status) and `.../metadata` (signature defs).
+- `POST /v1/translate` (`{"text": [...], "beam_size": k, "n_best": n}`), `GET /health`,
+  `GET /openapi.json` and `/docs`.
+
+Versions: the highest complete version on disk is served (`keep_versions` of the newest stay
+loaded); a poller loads a newly exported version in the background, warms it up and only then
+swaps it in, so no request waits and no restart is needed. Concurrent requests go through a
+dynamic batcher per signature (up to `max_batch_size` sentences, waiting at most `max_wait_ms`
+for the first sentence's companions). Client mistakes get a 4xx `{"error": ...}`, never a 5xx;
+URLs never name files (model names and versions are looked up among the loaded ones), and
+nothing but the SavedModel itself (protobuf graph and variables) is read: no pickle, no code.
+Non-finite scores (empty n-best slots) are sent as null, since JSON has no -Infinity.
+
+Modules, one job each: `settings` (ServeSettings), `batching` (the dynamic batcher),
+`repository` (loading and refreshing versions), `rest` (request parsing, TF Serving JSON,
+schemas, ApiError), `app` (the FastAPI app and its routes), `server` (`serve`: socket, uvicorn,
+signals). Importing this package imports no TensorFlow; loading a version does.
+"""
+
+from translator.serving.app import create_app
+from translator.serving.batching import Batcher, BatchStats
+from translator.serving.repository import ModelRepository, ServedVersion, load_version
+from translator.serving.rest import (
+    ApiError,
+    Hypothesis,
+    PredictRequest,
+    SignatureSpec,
+    TranslateRequest,
+    TranslateResponse,
+    Translation,
+)
+from translator.serving.server import DEFAULT_HOST, DEFAULT_PORT, DRAIN_SECONDS, serve
+from translator.serving.settings import ServeSettings
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DRAIN_SECONDS",
+    "ApiError",
+    "BatchStats",
+    "Batcher",
+    "Hypothesis",
+    "ModelRepository",
+    "PredictRequest",
+    "ServeSettings",
+    "ServedVersion",
+    "SignatureSpec",
+    "TranslateRequest",
+    "TranslateResponse",
+    "Translation",
+    "create_app",
+    "load_version",
+    "serve",
+]

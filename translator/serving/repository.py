@@ -1,0 +1,184 @@
+"""The loaded versions of one export base directory: loading, warming up, refreshing from disk.
+
+TensorFlow is imported here only when a version is loaded or called, so importing the server
+stays cheap. Nothing but the SavedModel itself (protobuf graph and variables) is read: no
+pickle, no code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from translator.export.layout import DecodeOptions, list_versions
+from translator.serving.batching import Batcher
+from translator.serving.rest import ApiError, SignatureSpec, plain
+from translator.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def _tensor_specs(infos) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415
+
+    specs = {}
+    for key, info in infos.items():
+        shape = info.tensor_shape
+        dims = None if shape.unknown_rank else tuple(d.size for d in shape.dim)
+        specs[key] = (types_pb2.DataType.Name(info.dtype), dims)
+    return specs
+
+
+@dataclass
+class ServedVersion:
+    """One loaded version: the SavedModel, its signatures, model_info and batchers."""
+
+    version: int
+    path: Path
+    loaded: Any
+    specs: dict[str, SignatureSpec]
+    metadata: dict[str, Any]
+    info: dict[str, Any]
+    decoders: dict[str, DecodeOptions]
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+
+    def call(self, signature: str, values: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Runs a signature synchronously (in the calling thread)."""
+        import tensorflow as tf  # noqa: PLC0415
+
+        spec = self.specs[signature]
+        kwargs = {}
+        if values is not None:
+            kwargs[next(iter(spec.inputs))] = tf.constant(values, tf.string)
+        out = self.loaded.signatures[signature](**kwargs)
+        return {k: v.numpy() for k, v in out.items()}
+
+    def batcher(self, signature: str, settings: ServeSettings) -> Batcher:
+        """The batcher of one signature, created on first use."""
+        if signature not in self.batchers:
+            self.batchers[signature] = Batcher(
+                lambda values: self.call(signature, values),
+                settings.max_batch_size,
+                settings.max_wait_ms / 1000.0,
+            )
+        return self.batchers[signature]
+
+
+def _decoders(info: dict[str, Any]) -> dict[str, DecodeOptions]:
+    """The decoders model_info lists; none when it lists none or is unreadable."""
+    try:
+        listed = json.loads(info.get("decoders", "{}"))
+        return {name: DecodeOptions(**options) for name, options in listed.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def load_version(path: Path, version: int) -> ServedVersion:
+    """Loads and warms up one version directory."""
+    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow_text  # noqa: F401, PLC0415  (registers the SentencePiece ops)
+    from google.protobuf import json_format  # noqa: PLC0415
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    signature_defs = {
+        name: sig
+        for name, sig in proto.meta_graphs[0].signature_def.items()
+        if not name.startswith("__")
+    }
+    specs = {
+        name: SignatureSpec(name, _tensor_specs(sig.inputs), _tensor_specs(sig.outputs))
+        for name, sig in signature_defs.items()
+    }
+    metadata = {
+        name: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+        for name, sig in signature_defs.items()
+    }
+    loaded = tf.saved_model.load(str(path))
+    served = ServedVersion(version, path, loaded, specs, metadata, {}, {})
+    if "model_info" in specs and not specs["model_info"].inputs:
+        served.info = {k: plain(v) for k, v in served.call("model_info").items()}
+        served.decoders = _decoders(served.info)
+    for name, spec in specs.items():  # the first call of a function is slow: pay it now
+        if spec.batched_text:
+            served.call(name, ["warm up"])
+    return served
+
+
+class ModelRepository:
+    """The versions of one export base directory, refreshed from disk."""
+
+    def __init__(self, base: str | Path, name: str, keep_versions: int = 1):
+        self.base = Path(base)
+        self.name = name
+        self.keep_versions = keep_versions
+        self._versions: dict[int, ServedVersion] = {}
+        self._failed: dict[int, float] = {}  # version -> mtime of the saved_model.pb that failed
+        self._lock = threading.Lock()
+
+    @property
+    def versions(self) -> dict[int, ServedVersion]:
+        """The loaded versions by number."""
+        return self._versions  # replaced as a whole, never mutated: safe to read anywhere
+
+    def get(self, version: int | None) -> ServedVersion:
+        """The given loaded version, or the highest one for None; ApiError 404 if absent."""
+        versions = self._versions
+        if version is None:
+            if not versions:
+                raise ApiError(404, f"Servable not found for request: Latest({self.name})")
+            return versions[max(versions)]
+        if version not in versions:
+            raise ApiError(404, f"Servable not found for request: Specific({self.name}, {version})")
+        return versions[version]
+
+    def refresh(self) -> list[int]:
+        """Loads the newest versions on disk and drops older ones; returns newly loaded ones.
+
+        A version that fails to load is skipped (and logged) until its files change, and the
+        versions already loaded stay served.
+        """
+        with self._lock:
+            current = dict(self._versions)
+            wanted, loaded = [], []
+            for version, path, mtime in self._candidates():
+                if len(wanted) == self.keep_versions:
+                    break
+                if version not in current:
+                    try:
+                        current[version] = load_version(path, version)
+                        loaded.append(version)
+                        log.info("loaded %s version %d from %s", self.name, version, path)
+                    except Exception as exc:  # any broken export must not stop the server
+                        log.error("cannot load %s: %s", path, exc)
+                        self._failed[version] = mtime
+                        continue
+                wanted.append(version)
+            if wanted:
+                self._versions = {v: current[v] for v in sorted(wanted)}
+            return loaded
+
+    def _candidates(self) -> list[tuple[int, Path, float]]:
+        """(version, path, mtime) of the versions on disk worth loading, newest first.
+
+        Skipped: versions symlinked out of the base directory, and versions that failed to
+        load whose saved_model.pb has not changed since.
+        """
+        root = self.base.resolve()
+        candidates = []
+        for version in reversed(list_versions(self.base)):
+            path = self.base / str(version)
+            if root not in path.resolve().parents:  # a symlink out of the model directory
+                continue
+            mtime = (path / "saved_model.pb").stat().st_mtime
+            if self._failed.get(version) == mtime:
+                continue
+            candidates.append((version, path, mtime))
+        return candidates
