@@ -24,7 +24,8 @@ from translator.decoding import beam_search, greedy_search
 from translator.errors import ModelDirError
 from translator.model import Seq2Seq, build_model
 from translator.model_dir import find_checkpoint
-from translator.tokenizer import EOS_ID, Tokenizers
+from translator.pipeline import prepare_source
+from translator.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,7 @@ def build_translate_function(
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def translate(texts: tf.Tensor) -> dict[str, tf.Tensor]:
-        texts = tf.strings.strip(texts)
-        pieces = tokenizers.source.tokenize(texts)  # [batch, (pieces)]
-        source_lengths = tf.cast(pieces.row_lengths(), tf.int32)  # [batch]
-        pieces = pieces[:, :max_source_length]
-        eos = tf.fill([pieces.nrows(), 1], EOS_ID)
-        source = tf.concat([pieces, eos], axis=1).to_tensor(0)  # [batch, src_time]
+        source, source_lengths = prepare_source(tokenizers.source, texts, max_source_length)
         kept = tf.minimum(source_lengths, max_source_length)
         limit = tf.cast(tf.math.ceil(max_length_ratio * tf.cast(kept, tf.float32)), tf.int32)
         max_lengths = tf.minimum(limit + LENGTH_MARGIN, max_length)  # [batch]

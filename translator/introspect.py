@@ -17,9 +17,9 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
+from translator.constants import BOS_ID, EOS_ID, PAD_ID
 from translator.errors import TranslatorError
-from translator.pipeline import tokenize
-from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from translator.pipeline import prepare_source, tokenize
 
 if TYPE_CHECKING:
     from translator.api import Translator
@@ -36,13 +36,15 @@ class IntrospectionError(TranslatorError):
 
 
 def source_ids(translator: Translator, texts: Sequence[str]) -> np.ndarray:
-    """Source ids `[batch, src]` as the translate path builds them: pieces (at most
-    `decode.max_source_length`) + EOS, right-padded with 0."""
+    """Source ids `[batch, src]` as the translate path builds them (`pipeline.prepare_source`):
+    pieces (at most `decode.max_source_length`) + EOS, right-padded with 0."""
     _need_model(translator)
-    pieces = tokenize(translator.tokenizers.source, list(texts))  # [batch, (pieces)]
-    pieces = pieces[:, : translator.config.decode.max_source_length]
-    eos = tf.fill([pieces.nrows(), 1], EOS_ID)
-    return tf.concat([pieces, eos], axis=1).to_tensor(PAD_ID).numpy()
+    source, _ = prepare_source(
+        translator.tokenizers.source,
+        tf.constant(list(texts), tf.string),
+        translator.config.decode.max_source_length,
+    )
+    return source.numpy()
 
 
 def id_pieces(model: bytes, ids: Sequence[int]) -> list[str]:
