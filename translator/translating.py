@@ -154,7 +154,7 @@ class BaseTranslator(abc.ABC):
         config: the model's configuration; its `decode` section gives translate()'s defaults.
     """
 
-    # Subclasses log under their own module's name (truncation warnings).
+    # translate()'s truncation warnings; each subclass logs under its own module's name.
     log = logging.getLogger(__name__)
 
     def __init__(self, config: Config):

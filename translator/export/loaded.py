@@ -8,6 +8,7 @@ holds the loaded SavedModel, not a Keras model or tokenizers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from translator.export.layout import (
 )
 from translator.translating import BaseTranslator, TranslateFunction
 
+log = logging.getLogger(__name__)
+
 
 class ExportedTranslator(BaseTranslator):
     """A loaded export with the `translate()` of every translator.
@@ -37,6 +40,8 @@ class ExportedTranslator(BaseTranslator):
         directory: the version directory.
         decoders: signature name -> `DecodeOptions`, the decodings this export can run.
     """
+
+    log = log  # translate()'s truncation warnings are logged as translator.export.loaded
 
     def __init__(self, loaded: Any, config: Config, info: dict, directory: Path):
         super().__init__(config)
