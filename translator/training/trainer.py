@@ -26,6 +26,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from translator import precision
 from translator.config import Config
 from translator.distribute import distribute_batches, is_chief, make_strategy, worker_count
 from translator.errors import TrainingError
@@ -36,7 +37,6 @@ from translator.tokenizer import Tokenizers
 from translator.training.data import eval_batches, load_data, train_batches
 from translator.training.history import Recorder
 from translator.training.output_dir import prepare_output_dir, worker_scratch_dir
-from translator.training.precision import set_policy
 from translator.training.schedules import make_schedule
 from translator.training.signals import StopOnSignal, TrainingInterrupted
 from translator.training.state import TrainState
@@ -95,7 +95,10 @@ class Trainer:
     def _build(self, tokenizers: Tokenizers) -> None:
         """The model, schedule, optimizer, the run's state and the compiled steps."""
         cfg = self.config
-        set_policy(cfg.train)
+        # Layers take the global policy when built: set it both ways (a process may train twice).
+        policy, why = precision.resolve(cfg.train.mixed_precision)
+        keras.mixed_precision.set_global_policy(policy)
+        (log.warning if "warning" in why else log.info)("computing in %s (%s)", policy, why)
         with self.strategy.scope():
             self.model: Seq2Seq = build_model(
                 cfg.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
