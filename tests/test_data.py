@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from translator import data
+from translator import tfds_corpus
 from translator.config import DataConfig, SplitConfig
 from translator.data import ParallelCorpus, load_corpus, load_tfds_pairs, read_parallel
 from translator.errors import DataError
@@ -208,7 +208,7 @@ def multi30k_dirs(tmp_path_factory) -> tuple[str, str]:
 
 def test_multi30k_prepared_offline_from_manual_dir(multi30k_dirs, monkeypatch):
     manual, data_dir = multi30k_dirs
-    monkeypatch.setattr(data, "_host_reachable", _no_network)
+    monkeypatch.setattr(tfds_corpus, "_host_reachable", _no_network)
     cfg = DataConfig(tfds="multi30k/de-en", manual_dir=manual, data_dir=data_dir)
     train = load_corpus(cfg, "train")
     assert list(zip(train.sources, train.targets, strict=True)) == [
@@ -224,7 +224,7 @@ def test_multi30k_prepared_offline_from_manual_dir(multi30k_dirs, monkeypatch):
 
 def test_multi30k_reverse_direction(multi30k_dirs, monkeypatch):
     manual, data_dir = multi30k_dirs
-    monkeypatch.setattr(data, "_host_reachable", _no_network)
+    monkeypatch.setattr(tfds_corpus, "_host_reachable", _no_network)
     cfg = DataConfig(
         tfds="multi30k/en-de",
         source_lang="en",
@@ -268,7 +268,7 @@ def _must_not_download(*args, **kwargs):
 def test_catalog_dataset_offline_fails_fast(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "_host_reachable", _no_network)
+    monkeypatch.setattr(tfds_corpus, "_host_reachable", _no_network)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _must_not_download)
     with pytest.raises(DataError) as info:
         load_tfds_pairs("ted_hrlr_translate/pt_to_en", "train", "pt", "en", data_dir=str(tmp_path))
@@ -283,7 +283,7 @@ def test_catalog_download_failure_is_a_data_error(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise ConnectionError("connection reset by peer")
 
-    monkeypatch.setattr(data, "_host_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(tfds_corpus, "_host_reachable", lambda *a, **k: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     with pytest.raises(DataError, match=r"ted_hrlr_translate.*connection reset.*data\.manual_dir"):
         load_tfds_pairs("ted_hrlr_translate/pt_to_en", "train", "pt", "en", data_dir=str(tmp_path))

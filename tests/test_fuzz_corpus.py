@@ -1,4 +1,5 @@
-"""Property-based tests of `data.read_parallel` on hostile corpus files.
+"""Property-based tests of `data.read_parallel` (and of the training stream, which must agree
+with it) on hostile corpus files.
 
 Whatever bytes a corpus holds (random bytes, any Unicode: combining marks, right-to-left text,
 emoji, NUL and other control characters, byte-order marks, CRLF line endings, very long lines),
@@ -16,10 +17,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from translator.data import read_parallel
+from translator.config import DataConfig, SplitConfig
+from translator.data import normalise, normalise_strings, read_parallel, scan_corpus, text_batches
 from translator.errors import DataError
 
 # Characters that break naive readers: controls (NUL, CR, VT, FF, ESC, DEL, NEL, C1), bidi
@@ -308,3 +311,32 @@ def test_unreadable_corpus_is_a_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", deny)
     with pytest.raises(DataError, match=f"{re.escape(str(locked))}.*Permission denied"):
         read_parallel(locked, locked)
+
+
+@settings(SETTINGS, max_examples=40)
+@given(aligned_corpus())
+def test_the_training_stream_and_scan_agree_with_read_parallel(workdir, corpus):
+    """The same files streamed through tf.data (normalised in-graph) give the pairs
+    `read_parallel` gives, in order; the streaming pass counts them and the empty ones alike."""
+    n, src_marked, tgt_marked, (src_raw, src_gz), (tgt_raw, tgt_gz) = corpus
+    if not any(s and t for s, t in zip(src_marked, tgt_marked, strict=True)):
+        return  # no pair at all: covered above
+    src = write(workdir / "stream.src", src_raw, src_gz)
+    tgt = write(workdir / "stream.tgt", tgt_raw, tgt_gz)
+    expected = read_parallel(src, tgt)
+    files = DataConfig(train=SplitConfig(source=str(src), target=str(tgt)))
+    streamed: tuple[list[str], list[str]] = ([], [])
+    for sources, targets in text_batches(files, "train"):
+        streamed[0].extend(s.decode() for s in sources.numpy())
+        streamed[1].extend(t.decode() for t in targets.numpy())
+    assert streamed == (expected.sources, expected.targets)
+    found = scan_corpus(files, "train", sample_size=n)
+    assert (found.pairs, found.skipped_empty) == (len(expected), expected.skipped_empty)
+    assert found.sample == expected
+
+
+@SETTINGS
+@given(st.lists(st.one_of(NOISE, BLANK_TEXT), min_size=1, max_size=8))
+def test_in_graph_normalisation_is_normalise(texts):
+    graph = normalise_strings(tf.constant(texts)).numpy()
+    assert [t.decode() for t in graph] == [normalise(t) for t in texts]

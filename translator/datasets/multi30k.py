@@ -16,7 +16,8 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from translator.data import read_parallel
+from translator.corpus_files import normalise, origin, pair_blocks
+from translator.corpus_scan import scan
 from translator.errors import DataError
 
 LANGUAGES = ("cs", "de", "en", "fr")
@@ -80,15 +81,23 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
         first, second = self.languages
         generators = {}
         for split, stem in _SPLIT_STEMS.items():
-            # Read (and validate) eagerly so a bad file fails before anything is written.
-            corpus = read_parallel(paths[f"{stem}.{first}"], paths[f"{stem}.{second}"])
-            generators[split] = self._generate_examples(corpus.sources, corpus.targets)
+            files = paths[f"{stem}.{first}"], paths[f"{stem}.{second}"]
+            # Validate whole files first (one streaming pass) so a bad file fails before
+            # anything is written.
+            scan(pair_blocks(*files), origin(*files), size=0)
+            generators[split] = self._generate_examples(*files)
         return generators
 
-    def _generate_examples(self, firsts: list[str], seconds: list[str]):
+    def _generate_examples(self, first_file, second_file):
+        """The normalised pairs with both sides non-empty, numbered from 0, read in blocks."""
         first, second = self.languages
-        for index, (a, b) in enumerate(zip(firsts, seconds, strict=True)):
-            yield index, {first: a, second: b}
+        index = 0
+        for block in pair_blocks(first_file, second_file):
+            for a, b in zip(*block, strict=True):
+                a, b = normalise(a), normalise(b)
+                if a and b:
+                    yield index, {first: a, second: b}
+                    index += 1
 
 
 def _manual_dir(dl_manager: tfds.download.DownloadManager) -> Path | None:
