@@ -156,7 +156,9 @@ WORKER_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_cluster(config_path, tmp_path, outs, weights, overrides, timeout=300) -> list[dict]:
+def _run_cluster(
+    config_path, tmp_path, outs, weights, overrides, timeout=300, script=WORKER_SCRIPT
+) -> list[dict]:
     """Starts one worker process per output dir on loopback; returns their results."""
     ports = _free_ports(len(outs))
     procs = []
@@ -169,7 +171,7 @@ def _run_cluster(config_path, tmp_path, outs, weights, overrides, timeout=300) -
                     [
                         sys.executable,
                         "-c",
-                        WORKER_SCRIPT,
+                        script,
                         str(config_path),
                         str(out),
                         str(npz),
@@ -229,6 +231,84 @@ def test_two_workers_train_resume_and_agree(synthetic_files, tmp_path):
     assert latest.endswith(f"ckpt-{2 * steps_per_epoch}")
     assert not outs[1].exists()  # the other worker wrote nothing there ...
     assert not any((tmp_path / "tmp1").iterdir())  # ... and cleaned its temporary checkpoints
+
+
+SHARD_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, sys, tempfile
+    from pathlib import Path
+    import keras
+    import numpy as np
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from translator.config import load_config
+    from translator.distribute import distribute_batches, worker_count
+    from translator.pipeline import collect
+    from translator.train import Trainer
+    from translator.training.data import epoch_batches, load_data
+
+    config = load_config(sys.argv[1], [f"output_dir={sys.argv[2]}", *sys.argv[4:]])
+    trainer = Trainer(config, progress=False)
+    strategy, workers = trainer.strategy, worker_count(trainer.strategy)
+    keras.utils.set_random_seed(config.train.seed)
+    scratch = Path(tempfile.mkdtemp())
+    _, pairs, _ = load_data(config, scratch, scratch, is_chief=True)
+    # This worker's rows of epoch 0 (filler rows, without target tokens, left out).
+    rows, steps = [], 0
+    for batch in distribute_batches(strategy, epoch_batches(pairs, config, 0, 0, workers)):
+        steps += 1
+        source, _, target_out = (strategy.experimental_local_results(t)[0] for t in batch)
+        for src, out in zip(source.numpy(), target_out.numpy()):
+            if out.any():
+                rows.append(src[src != 0][:-1].tolist())  # without EOS
+    corpus = collect(pairs.pairs(1, 0), pairs.size, config.data.max_length).source.to_list()
+    result = trainer.fit()
+    np.savez(sys.argv[3], *[w.numpy() for w in trainer.model.weights])
+    print("RESULT " + json.dumps({"steps": result.steps, "chief": trainer.is_chief,
+          "epoch_steps": steps, "rows": rows, "corpus": corpus}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_workers_read_disjoint_shards_of_a_streamed_corpus(synthetic_files, tmp_path):
+    """Streamed (data.in_memory_pairs=0): each worker reads its own shard; together the shards
+    hold every pair once per epoch, and the workers step together to the end of the epoch
+    (the one whose shard ends first gets filler rows). Resumed mid-epoch, both end the epoch
+    at the same step with the same weights."""
+    small = _small_train_set(synthetic_files, tmp_path, pairs=300)
+    no_valid = ("data.valid.source=null", "data.valid.target=null")
+    overrides = (*SMALL, *small, *no_valid, "train.max_steps=0", "data.in_memory_pairs=0")
+    overrides += ("train.epochs=1",)
+    config = tiny_config(synthetic_files, tmp_path / "unused", overrides)
+    dump_config(config, tmp_path / "config.yaml")
+    outs = [tmp_path / "chief", tmp_path / "worker1"]
+    weights = [tmp_path / "w0.npz", tmp_path / "w1.npz"]
+    common = ("train.strategy=multi_worker", "train.cluster_timeout=120", "train.epochs=1")
+
+    first = _run_cluster(
+        tmp_path / "config.yaml",
+        tmp_path,
+        outs,
+        weights,
+        (*common, "train.max_steps=4"),
+        script=SHARD_SCRIPT,
+    )
+    rows = [[tuple(r) for r in result["rows"]] for result in first]
+    corpus = sorted(tuple(r) for r in first[0]["corpus"])
+    assert len(corpus) == 300 and first[1]["corpus"] == first[0]["corpus"]
+    assert rows[0] and rows[1] and not set(rows[0]) & set(rows[1])  # disjoint shards ...
+    assert sorted(rows[0] + rows[1]) == corpus  # ... that hold every pair once
+    epoch_steps = first[0]["epoch_steps"]
+    assert first[1]["epoch_steps"] == epoch_steps >= 300 // 24
+    assert [r["steps"] for r in first] == [4, 4]
+
+    second = _run_cluster(tmp_path / "config.yaml", tmp_path, outs, weights, common)
+    assert [r["steps"] for r in second] == [epoch_steps] * 2
+    for r in second:  # both workers resumed mid-epoch from the chief's checkpoint
+        assert "at step 4 (epoch 1, batch 4)" in r["log"]
+    with np.load(weights[0]) as a, np.load(weights[1]) as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
 
 
 def _cli_train(config_path, tf_config, *overrides) -> subprocess.Popen:

@@ -45,6 +45,9 @@ class DataConfig:
     valid_split: str = "validation"
     test_split: str = "test"
     max_length: int = 100  # training pairs longer than this (in pieces, either side) are dropped
+    # training corpora of at most this many pairs are tokenized once and held in memory; larger
+    # ones stream from disk, tokenized every epoch (0: always stream)
+    in_memory_pairs: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class TokenizerConfig:
     joint: bool = False  # one shared model for both languages
     model_type: str = "unigram"  # unigram | bpe
     character_coverage: float = 1.0
-    max_sentences: int = 2_000_000  # sentences sampled to train SentencePiece
+    # pairs sampled (uniformly, in one streaming pass over the corpus) to train SentencePiece on
+    max_sentences: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,8 @@ def _validate(config: Config) -> None:
         "train.bucket_width": config.train.bucket_width,
         "train.cluster_timeout": config.train.cluster_timeout,
         "data.max_length": config.data.max_length,
+        "tokenizer.max_sentences": config.tokenizer.max_sentences,
+        "train.shuffle_buffer": config.train.shuffle_buffer,
         "decode.beam_size": config.decode.beam_size,
         "decode.n_best": config.decode.n_best,
         "decode.max_length": config.decode.max_length,
@@ -307,6 +313,7 @@ def _validate(config: Config) -> None:
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
     non_negative = {
+        "data.in_memory_pairs": config.data.in_memory_pairs,
         "train.max_steps": config.train.max_steps,
         "train.epochs": config.train.epochs,
         "train.batch_tokens": config.train.batch_tokens,

@@ -10,9 +10,17 @@
   `train.cluster_timeout`: a worker that cannot reach the others fails with a `TrainingError`
   instead of hanging.
 
-Data: every worker builds the same global batches (same corpus, same seed), so every worker
-runs the same number of steps, and each replica takes its slice of each global batch: every
-pair is trained on once per epoch across the cluster.
+Data comes in one of two ways, and either way every pair is trained on once per epoch across
+the cluster:
+
+- the same global batches on every worker (same corpus, same seed): each replica takes its
+  slice of each global batch, and every worker runs the same number of steps;
+- a function giving each worker (input pipeline) the batches of its own shard of the corpus,
+  each a share of a global batch, cut into slices for the worker's replicas. Shards end after
+  different numbers of batches: the distributed iterator agrees on the end of the data across
+  workers (an all-reduce per step) and gives a worker whose shard has run out empty batches
+  until the last one has, and `fill_empty` turns those into one row without target tokens
+  (no loss, no gradient).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -184,30 +192,58 @@ def worker_count(strategy: tf.distribute.Strategy) -> int:
 
 
 def distribute_batches(
-    strategy: tf.distribute.Strategy, dataset: tf.data.Dataset
+    strategy: tf.distribute.Strategy,
+    dataset: tf.data.Dataset | Callable[[int, int], tf.data.Dataset],
 ) -> tf.distribute.DistributedDataset:
-    """Gives every replica its slice of each global batch of `dataset`.
+    """Gives every replica its slice of each global batch (see the module docstring).
 
-    Each global batch `(source, target_in, target_out)` is padded with rows that hold no target
-    token (source EOS, target BOS, labels all pad: zero loss and zero gradient) to a multiple of
-    the replica count and cut into equal slices. Every worker must build the same `dataset`.
+    Args:
+        strategy: the run's strategy.
+        dataset: the global batches `(source, target_in, target_out)`, the same on every
+            worker; or `dataset(pipelines, index)` -> input pipeline `index`'s own batches.
+
+    Each batch is padded with rows that hold no target token (source EOS, target BOS, labels all
+    pad: zero loss and zero gradient) to a multiple of the replicas it feeds and cut into equal
+    slices.
     """
     replicas = strategy.num_replicas_in_sync
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         local = replicas // context.num_input_pipelines
+        if callable(dataset):
+            own = dataset(context.num_input_pipelines, context.input_pipeline_id)
+            return own.map(lambda *batch: _slices(batch, local)).unbatch()
         first = context.input_pipeline_id * local
 
-        def slices(*batch):
-            batch = _pad_to_multiple(batch, replicas)
-            # [replicas, rows / replicas, time] per tensor; this worker's replicas only.
-            return tuple(
-                tf.reshape(t, [replicas, -1, tf.shape(t)[1]])[first : first + local] for t in batch
-            )
+        def slices(*batch):  # this worker's replicas' slices only
+            return tuple(t[first : first + local] for t in _slices(batch, replicas))
 
         return dataset.map(slices).unbatch()
 
     return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _slices(batch: tuple, parts: int) -> tuple:
+    """`[rows, time]` tensors, padded to a multiple of `parts` rows -> `[parts, rows / parts,
+    time]`."""
+    batch = _pad_to_multiple(batch, parts)
+    return tuple(tf.reshape(t, [parts, -1, tf.shape(t)[1]]) for t in batch)
+
+
+def fill_empty(batch: tuple) -> tuple:
+    """A replica's `(source, target_in, target_out)` batch, or when it has no rows (its worker's
+    shard ran out before the others') one row without target tokens: every layer then sees an
+    ordinary sequence, and the row adds nothing to the loss or the gradient."""
+    source, target_in, target_out = batch
+    filler = (
+        tf.constant([[EOS_ID]], source.dtype),
+        tf.constant([[BOS_ID]], target_in.dtype),
+        tf.zeros([1, 1], target_out.dtype),
+    )
+    empty = tf.equal(tf.shape(source)[0], 0)
+    return tuple(
+        tf.cond(empty, lambda f=f: f, lambda t=t: t) for t, f in zip(batch, filler, strict=True)
+    )
 
 
 def _pad_to_multiple(batch: tuple, multiple: int) -> tuple:

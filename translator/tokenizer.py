@@ -1,4 +1,6 @@
-"""SentencePiece tokenizers: trained on the training split, used in-graph through tensorflow_text.
+"""SentencePiece tokenizers: trained on a sample of the training split (at most
+`tokenizer.max_sentences` pairs, drawn by translator.corpus_scan), used in-graph through
+tensorflow_text.
 
 Special ids are fixed for every model this package trains: pad 0, unk 1, bos 2, eos 3. The model
 files are stored next to the config in the model directory (`spm.source.model`,
@@ -143,7 +145,8 @@ def load_or_train(
     config: TokenizerConfig,
     seed: int = 0,
 ) -> Tokenizers:
-    """Loads the tokenizers from `directory`, or trains them on the corpus and saves them there.
+    """Loads the tokenizers from `directory`, or trains them on the corpus (or a sample of it:
+    the training data passes `CorpusScan.sample`) and saves them there.
 
     A resumed run must reuse the vocabulary its checkpoints were trained with, so existing
     model files always win over retraining.

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from translator.config import TrainConfig
+from translator.distribute import fill_empty
 from translator.model import Seq2Seq
 from translator.training.losses import replica_loss
 
@@ -70,7 +71,9 @@ class StepFunctions:
         return replica_loss(self.model, batch, self.config, False)
 
     def _run(self, replica_fn, batch, *args):
-        """Runs `replica_fn` on every replica: global mean loss, global tokens, stop flag."""
+        """Runs `replica_fn` on every replica: global mean loss, global tokens, stop flag.
+        A replica without rows (its worker's data ran out first) gets a filler row."""
+        batch = self.strategy.run(fill_empty, args=(batch,))
         loss, tokens, stop = self.strategy.run(replica_fn, args=(batch, *args))
         return (
             self.strategy.reduce("sum", loss, axis=None),

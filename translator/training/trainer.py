@@ -7,7 +7,8 @@ Resuming: rerunning the same command continues from the last complete checkpoint
 the step count of an uninterrupted run (see state.py). SIGINT or SIGTERM saves a checkpoint
 after the current step and raises `TrainingInterrupted` (see signals.py).
 
-Several workers (see distribute.py): every worker trains on the same global batches; only the
+Several workers (see distribute.py): every worker takes its part of each global batch (of the
+same global batches, or of its own shard of a streamed corpus, see training/data.py); only the
 chief writes the output directory. The others save their checkpoints into a temporary directory
 (saving can involve collectives) that is removed at the end, and they start from the chief's
 restored state, broadcast over the strategy's collectives, so no shared file system is needed.
@@ -41,7 +42,13 @@ from translator.model_dir import AVERAGED_DIR
 from translator.pipeline import EncodedCorpus
 from translator.tokenizer import Tokenizers
 from translator.training.budget import TimeBudget
-from translator.training.data import count_batches, eval_batches, load_data, train_batches
+from translator.training.data import (
+    TrainingPairs,
+    count_batches,
+    epoch_batches,
+    eval_batches,
+    load_data,
+)
 from translator.training.history import Recorder
 from translator.training.output_dir import prepare_output_dir, worker_scratch_dir
 from translator.training.schedules import make_schedule
@@ -150,21 +157,21 @@ class Trainer:
         # Seed first: seeding clears TensorFlow's kernel cache, which would drop the
         # SentencePiece resources of tokenizers created before it.
         keras.utils.set_random_seed(cfg.seed)
-        tokenizers, encoded, valid = load_data(
+        tokenizers, pairs, valid = load_data(
             self.config, self.output_dir, self.work_dir, self.is_chief
         )
         self._build(tokenizers)
         self.stopped_early, self.budget = False, None
         self._restore(tokenizers)
         self.validator = Validator(self.config, valid, tokenizers, self.state, self.evaluate_loss)
-        self.budget = self._start_budget(encoded) if cfg.time_budget else None
+        self.budget = self._start_budget(pairs) if cfg.time_budget else None
         state = self.state
         self.recorder = Recorder(self.output_dir, self.is_chief, self.progress, cfg, state)
         self._start, self._tokens_seen = time.perf_counter(), 0.0
         signals = StopOnSignal().install()
         try:
             while not self._done():
-                totals, complete = self._train_epoch(encoded, signals)
+                totals, complete = self._train_epoch(pairs, signals)
                 began = time.perf_counter()
                 if complete or self.budget is not None:  # a budget validates its last update
                     self._end_of_epoch(*totals, complete=complete)
@@ -215,7 +222,7 @@ class Trainer:
 
     # -- the time budget ---------------------------------------------------------------------
 
-    def _start_budget(self, encoded: EncodedCorpus) -> TimeBudget:
+    def _start_budget(self, pairs: TrainingPairs) -> TimeBudget:
         """The run's budget: speed measured before a new run's first update (a budget that
         cannot hold one epoch is refused there), then the first plan."""
 
@@ -227,22 +234,23 @@ class Trainer:
         budget = TimeBudget(
             self.config.train,
             self.schedule,
-            count_batches(encoded, self.config),
+            count_batches(pairs, self.config, worker_count(self.strategy)),
             self.started,
             agree,
         )
         if int(self.state.step) == 0:
-            budget.calibrate(self._calibrate(encoded), self.validator.cost_estimate())
+            budget.calibrate(self._calibrate(pairs), self.validator.cost_estimate())
         budget.replan(int(self.state.step))
         return budget
 
-    def _calibrate(self, encoded: EncodedCorpus) -> list[float]:
+    def _calibrate(self, pairs: TrainingPairs) -> list[float]:
         """Seconds of each of CALIBRATION_STEPS updates at learning rate 0 (the weights do not
         move), after which the optimizer's state is reset: a new run's speed, measured before
         it trains. Every worker gets the chief's figures."""
         self.schedule.scale.assign(0.0)
         stop = tf.constant(0.0)
-        batches = train_batches(encoded, self.config, 0, 0).take(CALIBRATION_STEPS)
+        workers = worker_count(self.strategy)
+        batches = epoch_batches(pairs, self.config, 0, 0, workers, take=CALIBRATION_STEPS)
         seconds = []
         for batch in distribute_batches(self.strategy, batches):
             began = time.perf_counter()
@@ -271,7 +279,7 @@ class Trainer:
         return bool(cfg.epochs) and int(self.state.epoch) >= cfg.epochs
 
     def _train_epoch(
-        self, encoded: EncodedCorpus, signals: StopOnSignal
+        self, pairs: TrainingPairs, signals: StopOnSignal
     ) -> tuple[tuple[int, float, float, float], bool]:
         """Trains on the rest of the current epoch, until its batches run out or the run is done.
 
@@ -281,7 +289,8 @@ class Trainer:
         """
         cfg, state = self.config.train, self.state
         epoch = int(state.epoch)
-        batches = train_batches(encoded, self.config, epoch, skip=int(state.batch_in_epoch))
+        skip, workers = int(state.batch_in_epoch), worker_count(self.strategy)
+        batches = epoch_batches(pairs, self.config, epoch, skip, workers)
         loss_sum = tokens_sum = 0.0
         seconds_before = float(state.train_seconds)
         step_start = time.perf_counter()
