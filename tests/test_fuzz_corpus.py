@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from translator.config import DataConfig, SplitConfig
+from translator.corpus_files import line_blocks
 from translator.data import normalise, normalise_strings, read_parallel, scan_corpus, text_batches
 from translator.errors import DataError
 
@@ -340,3 +341,20 @@ def test_the_training_stream_and_scan_agree_with_read_parallel(workdir, corpus):
 def test_in_graph_normalisation_is_normalise(texts):
     graph = normalise_strings(tf.constant(texts)).numpy()
     assert [t.decode() for t in graph] == [normalise(t) for t in texts]
+
+
+@SETTINGS
+@given(aligned_corpus(), st.integers(1, 9))
+def test_block_boundaries_do_not_change_the_lines(workdir, corpus, block_bytes):
+    """Blocks of a few bytes split lines, CRLFs, BOMs and multi-byte characters anywhere."""
+    _, _, _, (raw, compress), _ = corpus
+    path = write(workdir / "blocks.src", raw, compress)
+    whole = [line for block in line_blocks(path) for line in block]
+    small = [line for block in line_blocks(path, block_bytes) for line in block]
+    assert small == whole
+    # The oracle: BOM dropped, split on LF only, one CR before each LF (and a final one) dropped.
+    text = raw.decode("utf-8").removeprefix("\ufeff")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    assert whole == [line.removesuffix("\r") for line in lines]

@@ -92,7 +92,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 1234
-    shuffle_buffer: int = 50_000
+    shuffle_buffer: int = 50_000  # pairs shuffled at a time (a streamed corpus's memory bound)
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at each epoch end
     keep_checkpoints: int = 3
     log_every: int = 50

@@ -123,7 +123,7 @@ def line_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[li
                 if end < 0:
                     pending.append(chunk)
                     continue
-                body = b"".join([*pending, chunk[:end]]) if pending else chunk[:end]
+                body = b"".join([*pending, chunk[: end + 1]]) if pending else chunk[: end + 1]
                 pending = [chunk[end + 1 :]]
                 del chunk
                 lines = _decode(body, path, number)
@@ -148,7 +148,8 @@ def _error(message: str, line: int) -> DataError:
 
 
 def _decode(body: bytes, path: str | Path, before: int) -> list[str]:
-    """The lines of `body` (complete lines joined by b"\\n"), decoded; `before` lines precede."""
+    """The lines of `body` (whole lines, each ending with b"\\n" but maybe the last), decoded;
+    `before` lines precede them."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -168,7 +169,10 @@ def _decode(body: bytes, path: str | Path, before: int) -> list[str]:
         text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n")
-    return text.split("\n")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return lines
 
 
 def file_pair_blocks(source: str | Path, target: str | Path) -> Iterator[Block]:
