@@ -20,11 +20,12 @@ from conftest import tiny_config
 
 from translator import data as data_lib
 from translator.api import Translator
-from translator.config import DataConfig, SplitConfig
+from translator.config import DataConfig, SplitConfig, TokenizerConfig
 from translator.corpus_files import normalise, read_parallel
 from translator.corpus_scan import scan
 from translator.errors import DataError
 from translator.pipeline import EncodedCorpus, StreamedCorpus, collect
+from translator.tokenizer import load_or_train, train_sentencepiece
 from translator.train import train
 from translator.training.data import count_batches, load_data, train_batches
 
@@ -234,3 +235,13 @@ def test_streamed_resume_is_exact_mid_epoch_and_across_epochs(synthetic_files, t
     assert (second.steps, second.epochs_done) == (40, 1)
     for a, b in zip(_weights(resumed), _weights(straight), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_tokenizers_trained_side_by_side_are_those_trained_one_after_the_other(tmp_path):
+    sources = [f"das ist satz nummer {i} mit wort {i % 13}" for i in range(300)]
+    targets = [f"this is sentence number {i} with word {i % 11}" for i in range(300)]
+    config = TokenizerConfig(vocab_size=60)
+    both = load_or_train(tmp_path, sources, targets, config, seed=3)
+    assert both.source_model == train_sentencepiece(sources, config, 3)
+    assert both.target_model == train_sentencepiece(targets, config, 3)
+    assert not both.joint
