@@ -2,7 +2,7 @@
 batches of each epoch.
 
 The training corpus is read once in a streaming pass (data.scan_corpus: validated, counted,
-sampled) before anything is trained or written; SentencePiece trains on the sample. Then a
+sampled) before any tokenizer or checkpoint is written; SentencePiece trains on the sample. Then a
 corpus of at most `data.in_memory_pairs` pairs is tokenized once and held as ids (an
 EncodedCorpus: what every run did before streaming, batch for batch); a larger one streams from
 disk every epoch (a StreamedCorpus), and under several workers each worker reads its own shard.
