@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 DEFAULT_SIGNATURE = "serving_default"
+# An attention model's export also has this signature: text [batch] -> the greedy translation,
+# its source and target pieces and the teacher-forced attention weights [batch, tgt, src].
+ATTENTION_SIGNATURE = "attention"
 _VERSION = re.compile(r"^[0-9]{1,18}$")
 
 
@@ -67,6 +70,12 @@ def next_version(base: Path) -> int:
     """The version number a new export under `base` gets (complete or not, numbers are taken)."""
     taken = [int(p.name) for p in base.iterdir() if is_version_name(p.name)]
     return max(taken, default=0) + 1
+
+
+def decode_function(decoder: str) -> str:
+    """The name under which an export saves a decoder's full decode function (its outputs:
+    translations, scores, log_probs, lengths [batch, n_best]; source_lengths [batch])."""
+    return f"decode_{decoder}"
 
 
 def pick_decoder(
