@@ -41,12 +41,13 @@ from baselines import keras_tutorial  # noqa: E402
 from translator.api import LENGTH_MARGIN, Translator  # noqa: E402
 from translator.evaluate import score  # noqa: E402
 from translator.model import build_model  # noqa: E402
+from translator.model_dir import CHECKPOINT_DIR  # noqa: E402
 
 
 def load_translator(args: argparse.Namespace, recipe) -> tuple[Translator, str]:
     """The trained model of `--model-dir`, or a randomly initialised recipe model."""
-    if args.model_dir and tf.train.latest_checkpoint(str(Path(args.model_dir) / "checkpoints")):
-        return Translator.load(args.model_dir, checkpoint=args.checkpoint), "trained"
+    if args.model_dir and tf.train.latest_checkpoint(str(Path(args.model_dir) / CHECKPOINT_DIR)):
+        return Translator.from_model_dir(args.model_dir, checkpoint=args.checkpoint), "trained"
     train = common.read_split(args, recipe, "train")
     tokenizers = common.tokenizers_for(args, recipe, train)
     keras.utils.set_random_seed(recipe.train.seed)

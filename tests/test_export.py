@@ -14,12 +14,18 @@ import sys
 import numpy as np
 import pytest
 
-from translator import export
 from translator.api import Translator
 from translator.cli import main
 from translator.config import SplitConfig
 from translator.errors import ModelDirError
-from translator.export import ExportedTranslator, ExportError, export_model, list_versions
+from translator.export import (
+    ExportedTranslator,
+    ExportError,
+    export_model,
+    list_versions,
+    parity,
+    writer,
+)
 
 # Run in a fresh interpreter: only tensorflow and tensorflow_text may be imported.
 CLIENT = r"""
@@ -164,7 +170,7 @@ def test_failed_parity_check_leaves_nothing_behind(exported, trained_dir, tmp_pa
         real = {"translation": ["wrong"] * len(sentences), "score": [0.0] * len(sentences)}
         return {name: real for name in signatures}
 
-    monkeypatch.setattr(export, "reload_in_subprocess", wrong)
+    monkeypatch.setattr(parity, "reload_in_subprocess", wrong)
     with pytest.raises(ExportError, match="parity check failed: signature 'serving_default'"):
         export_model(trained_dir, base, parity_sentences=4)
     after = {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()}
@@ -175,10 +181,10 @@ def test_write_failure_removes_temp_dir_and_new_base(trained_dir, tmp_path, monk
     base = tmp_path / "new" / "deeper" / "m"
 
     def full_disk(module, directory, signatures=None):
-        (export.Path(directory) / "saved_model.pb").write_bytes(b"partial")
+        (writer.Path(directory) / "saved_model.pb").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.tf.saved_model, "save", full_disk)
+    monkeypatch.setattr(writer.tf.saved_model, "save", full_disk)
     with pytest.raises(ExportError, match="No space left on device"):
         export_model(trained_dir, base)
     assert list(tmp_path.iterdir()) == []  # every directory the export created is gone
@@ -216,10 +222,10 @@ def test_parity_sample_is_the_validation_split_or_vocabulary_sentences(
     api, synthetic_files, tmp_path, caplog
 ):
     valid = synthetic_files["valid.src"].read_text().splitlines()
-    assert export._parity_sample(api, 5) == valid[:5] + [""]
+    assert parity.parity_sample(api, 5) == valid[:5] + [""]
     gone = SplitConfig(str(tmp_path / "gone.src"), str(tmp_path / "gone.tgt"))
     config = dataclasses.replace(api.config, data=dataclasses.replace(api.config.data, valid=gone))
-    sample = export._parity_sample(Translator(api.model, api.tokenizers, config), 5)
+    sample = parity.parity_sample(Translator(api.model, api.tokenizers, config), 5)
     assert len(sample) == 6 and sample[-1] == "" and all(sample[:-1])
     assert not set(sample) & set(valid)
     assert "cannot read the valid split" in caplog.text
@@ -232,7 +238,7 @@ def test_attention_signature_is_introspects_attention_map(
 
     texts = synthetic_files["test.src"].read_text().splitlines()[:4]
     # A batch of sentences of different lengths, run with only tensorflow and tensorflow_text.
-    out = export.reload_in_subprocess(attention_export / "1", texts, ["attention"])["attention"]
+    out = parity.reload_in_subprocess(attention_export / "1", texts, ["attention"])["attention"]
     api = Translator.load(attention_dir)
     assert out["translation"] == api.translate(texts, beam_size=1)
     for i, text in enumerate(texts):

@@ -58,6 +58,7 @@ def _config(tmp_path, **train) -> Config:
             "label_smoothing": 0.1,
             "seed": 3,
             "max_steps": 3,
+            "mixed_precision": False,  # the float32 reference on every machine kind
             **train,
         },
         "output_dir": str(tmp_path),

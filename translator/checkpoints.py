@@ -24,7 +24,6 @@ from translator.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-AVERAGED_DIR = "averaged"
 _FILE = re.compile(r"^(?P<prefix>.+?)(?:\.index|\.data-\d+-of-\d+|_temp.*)$")
 
 

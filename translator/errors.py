@@ -19,3 +19,7 @@ class ModelDirError(TranslatorError):
 
 class TrainingError(TranslatorError):
     """Training cannot go on (for example the loss became NaN or Inf)."""
+
+
+class ExportError(TranslatorError):
+    """An export cannot be written, or failed its parity check."""

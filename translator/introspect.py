@@ -17,13 +17,14 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
+from translator.api import Translator
+from translator.constants import BOS_ID, EOS_ID, PAD_ID
 from translator.errors import TranslatorError
-from translator.pipeline import tokenize
-from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from translator.pipeline import prepare_source, tokenize
 
 if TYPE_CHECKING:
-    from translator.api import Translator
     from translator.model import Seq2Seq
+    from translator.translating import BaseTranslator
 
 EOS_PIECE = "</s>"
 
@@ -35,14 +36,16 @@ class IntrospectionError(TranslatorError):
 # -- inputs -----------------------------------------------------------------------------------
 
 
-def source_ids(translator: Translator, texts: Sequence[str]) -> np.ndarray:
-    """Source ids `[batch, src]` as the translate path builds them: pieces (at most
-    `decode.max_source_length`) + EOS, right-padded with 0."""
-    _need_model(translator)
-    pieces = tokenize(translator.tokenizers.source, list(texts))  # [batch, (pieces)]
-    pieces = pieces[:, : translator.config.decode.max_source_length]
-    eos = tf.fill([pieces.nrows(), 1], EOS_ID)
-    return tf.concat([pieces, eos], axis=1).to_tensor(PAD_ID).numpy()
+def source_ids(translator: BaseTranslator, texts: Sequence[str]) -> np.ndarray:
+    """Source ids `[batch, src]` as the translate path builds them (`pipeline.prepare_source`):
+    pieces (at most `decode.max_source_length`) + EOS, right-padded with 0."""
+    translator = _with_model(translator)
+    source, _ = prepare_source(
+        translator.tokenizers.source,
+        tf.constant(list(texts), tf.string),
+        translator.config.decode.max_source_length,
+    )
+    return source.numpy()
 
 
 def id_pieces(model: bytes, ids: Sequence[int]) -> list[str]:
@@ -52,11 +55,13 @@ def id_pieces(model: bytes, ids: Sequence[int]) -> list[str]:
     return [EOS_PIECE if int(i) == EOS_ID else processor.IdToPiece(int(i)) for i in ids]
 
 
-def _need_model(translator: Translator) -> None:
-    if getattr(translator, "model", None) is None:
+def _with_model(translator: BaseTranslator) -> Translator:
+    """`translator` if it holds a Keras model (an `api.Translator`; an export has none)."""
+    if not isinstance(translator, Translator) or translator.model is None:
         raise IntrospectionError(
             "this needs a training directory (an export has no Keras model inside)"
         )
+    return translator
 
 
 def _one_sentence(ids: Any) -> np.ndarray:
@@ -226,7 +231,7 @@ def source_gradients(model: Seq2Seq, ids: Sequence[int]) -> dict[str, np.ndarray
 
 
 def context_vectors(
-    translator: Translator, texts: Sequence[str], batch_size: int = 256
+    translator: BaseTranslator, texts: Sequence[str], batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """The context vector of each sentence: the top encoder layer's final forward and backward
     `(h, c)` concatenated (before any bridge), each `[len(texts), 2 * units]` float32.
@@ -236,7 +241,7 @@ def context_vectors(
         texts: source sentences (not empty).
         batch_size: sentences encoded at once; padding does not change a sentence's vector.
     """
-    _need_model(translator)
+    translator = _with_model(translator)
     hs, cs = [], []
     for start in range(0, len(texts), batch_size):
         ids = source_ids(translator, texts[start : start + batch_size])  # [batch, src]
@@ -291,7 +296,7 @@ class AttentionMap:
 
 
 def attention_map(
-    translator: Translator, text: str, translation: str | None = None, **decode_options
+    translator: BaseTranslator, text: str, translation: str | None = None, **decode_options
 ) -> AttentionMap:
     """The attention weights of an attention model over `text` and a translation of it.
 
@@ -304,7 +309,7 @@ def attention_map(
     Raises:
         IntrospectionError: the model has no attention, or `translator` is an export.
     """
-    _need_model(translator)
+    translator = _with_model(translator)
     if translator.model.attention == "none":
         raise IntrospectionError(
             f"model.attention is 'none' in {translator.config.output_dir}: attention plots "

@@ -1,4 +1,5 @@
-"""tf.data pipeline: ids, BOS/EOS, length filter, bucketing, batching, prefetch.
+"""tf.data pipeline: ids, BOS/EOS, length filter, bucketing, batching, prefetch; and the one
+way a source sentence becomes encoder input at translation time (`prepare_source`).
 
 Each training element is a triple of right-padded int32 batches (pad id 0):
 
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from translator.tokenizer import BOS_ID, EOS_ID, Tokenizers
+from translator.constants import BOS_ID, EOS_ID, PAD_ID
+from translator.tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,31 @@ def encode_corpus(
             max_length,
         )
     return EncodedCorpus(source, target, dropped)
+
+
+def prepare_source(
+    tokenizer, texts: tf.Tensor, max_source_length: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Encoder input for a batch of source sentences, as translation (and an export) builds it.
+
+    Strips the sentences, tokenizes them, keeps at most `max_source_length` pieces, appends
+    EOS and right-pads with PAD_ID. Runs eagerly or inside a `tf.function`.
+
+    Args:
+        tokenizer: the in-graph source tokenizer (`Tokenizers.source`).
+        texts: [batch] string.
+        max_source_length: the most pieces kept per sentence (`decode.max_source_length`).
+
+    Returns:
+        `(source [batch, src_time] int32, source_lengths [batch] int32)`; the lengths count the
+        pieces before truncation (0 for an empty sentence).
+    """
+    pieces = tokenizer.tokenize(tf.strings.strip(texts))  # [batch, (pieces)]
+    source_lengths = tf.cast(pieces.row_lengths(), tf.int32)  # [batch]
+    pieces = pieces[:, :max_source_length]
+    eos = tf.fill([pieces.nrows(), 1], EOS_ID)
+    source = tf.concat([pieces, eos], axis=1).to_tensor(PAD_ID)  # [batch, src_time]
+    return source, source_lengths
 
 
 def _add_specials(source: tf.Tensor, target: tf.Tensor):

@@ -20,12 +20,12 @@ import numpy as np
 
 from translator.errors import TranslatorError
 from translator.introspect import AttentionMap, LSTMTrace, attention_map, pca_2d
-from translator.train import HISTORY_FILE
+from translator.model_dir import HISTORY_FILE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from translator.api import Translator
+    from translator.translating import BaseTranslator
 
 DPI = 100
 
@@ -385,7 +385,7 @@ def plot_attention(
 
 
 def write_attention_plot(
-    translator: Translator,
+    translator: BaseTranslator,
     text: str,
     path: str | Path,
     translation: str | None = None,

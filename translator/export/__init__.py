@@ -1,12 +1,17 @@
 """SavedModel export: string in, string out, tokenization inside the graph, versioned, atomic.
 
-`layout` (version directories, decoder choice) imports no TensorFlow, so the server can use it
-before a model is loaded; the rest is imported on first use.
+`layout` (version directories, the names inside an export, decoder choice) imports no
+TensorFlow, so the server can use it before a model is loaded. `writer` writes an export
+(`export_model`), `parity` is the gate an export passes before it is published, `loaded` is an
+export behind the Python API (`ExportedTranslator`); they are imported on first use.
 """
 
 from __future__ import annotations
 
+from translator.errors import ExportError
 from translator.export.layout import (
+    CONFIG_ASSET,
+    INFO_ASSET,
     DecodeOptions,
     list_versions,
     pick_decoder,
@@ -15,19 +20,16 @@ from translator.export.layout import (
 
 _LAZY = {
     "export_model": "translator.export.writer",
-    "ExportError": "translator.export.writer",
-    "ExportedTranslator": "translator.export.writer",
-    "reload_in_subprocess": "translator.export.writer",
     "INPUT_NAME": "translator.export.writer",
     "DEFAULT_BEAM_SIZE": "translator.export.writer",
-    "PARITY_SENTENCES": "translator.export.writer",
-    "CONFIG_ASSET": "translator.export.writer",
-    "INFO_ASSET": "translator.export.writer",
+    "reload_in_subprocess": "translator.export.parity",
+    "PARITY_SENTENCES": "translator.export.parity",
+    "ExportedTranslator": "translator.export.loaded",
 }
 
 
 def __getattr__(name: str):
-    # The writer and the loaded export pull in TensorFlow: import them on first use.
+    # The writer, the parity gate and the loaded export pull in TensorFlow: import on first use.
     if name in _LAZY:
         import importlib  # noqa: PLC0415
 
@@ -36,7 +38,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "CONFIG_ASSET",
+    "INFO_ASSET",
     "DecodeOptions",
+    "ExportError",
     "list_versions",
     "pick_decoder",
     "resolve_export_dir",

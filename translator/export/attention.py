@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from translator.constants import BOS_ID, EOS_ID, PAD_ID
 from translator.model import Seq2Seq
+from translator.pipeline import prepare_source
 from translator.tokenizer import Tokenizers
 
 EOS_PIECE = "</s>"
@@ -49,21 +50,19 @@ def build_attention_function(
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def attention(text: tf.Tensor) -> dict[str, tf.Tensor]:
         translation = greedy(text)["translations"][:, 0]  # [batch]
-        pieces = tokenizers.source.tokenize(tf.strings.strip(text))[:, :max_source_length]
-        eos = tf.fill([pieces.nrows(), 1], EOS_ID)
-        source = tf.concat([pieces, eos], axis=1)  # [batch, (src)]
+        source, _ = prepare_source(tokenizers.source, text, max_source_length)  # [batch, src]
         target = tokenizers.target.tokenize(translation)  # [batch, (pieces)]
         bos = tf.fill([target.nrows(), 1], BOS_ID)
-        target_in = tf.concat([bos, target], axis=1)  # [batch, (tgt)]
+        eos = tf.fill([target.nrows(), 1], EOS_ID)
+        target_in = tf.concat([bos, target], axis=1).to_tensor(PAD_ID)  # [batch, tgt]
         target_out = tf.concat([target, eos], axis=1)  # [batch, (tgt)]
-        source_ids = source.to_tensor(PAD_ID)  # [batch, src]
-        weights = model.attention_weights(source_ids, target_in.to_tensor(PAD_ID))
+        weights = model.attention_weights(source, target_in)  # [batch, tgt, src]
         return {
             "translation": translation,
-            "source_pieces": _pieces(tokenizers.source, source_ids),
+            "source_pieces": _pieces(tokenizers.source, source),
             "target_pieces": _pieces(tokenizers.target, target_out.to_tensor(PAD_ID)),
-            "weights": tf.cast(weights, tf.float32),  # [batch, tgt, src]
-            "source_length": tf.cast(source.row_lengths(), tf.int32),
+            "weights": tf.cast(weights, tf.float32),
+            "source_length": tf.reduce_sum(tf.cast(tf.not_equal(source, PAD_ID), tf.int32), 1),
             "target_length": tf.cast(target_out.row_lengths(), tf.int32),
         }
 

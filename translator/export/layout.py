@@ -1,34 +1,61 @@
-"""An export base directory's layout and the decoders an export holds; no TensorFlow.
+"""An export's on-disk layout and the decoders it holds; no TensorFlow.
 
 `BASE/<version>/` in TensorFlow Serving's layout: integer versions, a version counting only
-once its `saved_model.pb` is in place (an export in progress is a hidden sibling). Each export
-records its decoders (decoding options baked into one signature each) in `model_info`;
+once its `saved_model.pb` is in place (an export in progress is a hidden sibling). The names
+the writer and the loader of an export must agree on live here: the assets, the signatures,
+the plain `decode_<signature>` functions. Each export records its decoders (decoding options
+baked into one signature each) in `model_info` as JSON (`dump_decoders` / `load_decoders`);
 `pick_decoder` is the one rule, used by the Python API and by the server, that maps a
 requested beam size and n-best to one of them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
+from translator.model_dir import CONFIG_FILE, SOURCE_SPM, TARGET_SPM
+from translator.translating import DecodeOptions
+
+SAVED_MODEL_FILE = "saved_model.pb"
+_VERSION = re.compile(r"^[0-9]{1,18}$")
+
+# A version's assets/ (for people and tools; the graph holds the SentencePiece models itself):
+# the training directory's SentencePiece models and config under their own names, and
+# export.json, model_info in readable form.
+ASSETS_DIR = "assets"
+CONFIG_ASSET = CONFIG_FILE
+MODEL_DIR_ASSETS = (SOURCE_SPM, TARGET_SPM, CONFIG_FILE)
+INFO_ASSET = "export.json"
+
+# Signatures: three decoders (the config's default decoding, best only; greedy; an n-best beam)
+# and model_info (no input). Each decoder is also saved as a plain function (`decode_function`)
+# returning the translate function's full dict, which is what the Python API calls.
 DEFAULT_SIGNATURE = "serving_default"
+GREEDY_SIGNATURE = "greedy"
+BEAM_SIGNATURE = "beam"
+INFO_SIGNATURE = "model_info"
 # An attention model's export also has this signature: text [batch] -> the greedy translation,
 # its source and target pieces and the teacher-forced attention weights [batch, tgt, src].
 ATTENTION_SIGNATURE = "attention"
-_VERSION = re.compile(r"^[0-9]{1,18}$")
 
 
-class DecodeOptions(NamedTuple):
-    """Decoding options baked into one exported signature (or asked of the API)."""
+def decode_function(signature: str) -> str:
+    """The attribute of the saved module holding the full translate function of `signature`."""
+    return f"decode_{signature}"
 
-    beam_size: int
-    n_best: int
-    length_penalty: float
-    max_length_ratio: float
+
+def dump_decoders(decoders: Mapping[str, DecodeOptions]) -> str:
+    """The decoders as model_info records them (JSON, signature name -> options)."""
+    return json.dumps({k: v._asdict() for k, v in decoders.items()}, sort_keys=True)
+
+
+def load_decoders(text: str) -> dict[str, DecodeOptions]:
+    """The decoders recorded in model_info by `dump_decoders`."""
+    return {name: DecodeOptions(**options) for name, options in json.loads(text).items()}
 
 
 class NoDecoderError(ValueError):
@@ -52,7 +79,7 @@ def list_versions(base: str | Path) -> list[int]:
     return sorted(
         int(p.name)
         for p in base.iterdir()
-        if is_version_name(p.name) and (p / "saved_model.pb").is_file()
+        if is_version_name(p.name) and (p / SAVED_MODEL_FILE).is_file()
     )
 
 
@@ -60,7 +87,7 @@ def resolve_export_dir(path: str | Path) -> Path | None:
     """The version directory `path` points to: itself if it is one, else the highest version
     when it is an export base directory; None when it is not an export at all."""
     path = Path(path)
-    if (path / "saved_model.pb").is_file():
+    if (path / SAVED_MODEL_FILE).is_file():
         return path
     versions = list_versions(path)
     return path / str(versions[-1]) if versions else None
@@ -70,12 +97,6 @@ def next_version(base: Path) -> int:
     """The version number a new export under `base` gets (complete or not, numbers are taken)."""
     taken = [int(p.name) for p in base.iterdir() if is_version_name(p.name)]
     return max(taken, default=0) + 1
-
-
-def decode_function(decoder: str) -> str:
-    """The name under which an export saves a decoder's full decode function (its outputs:
-    translations, scores, log_probs, lengths [batch, n_best]; source_lengths [batch])."""
-    return f"decode_{decoder}"
 
 
 def pick_decoder(

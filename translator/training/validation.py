@@ -1,0 +1,77 @@
+"""End-of-epoch validation: loss and BLEU on the validation set, the best checkpoint, the
+plateau rule's signal and early stopping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from translator import evaluate
+from translator.api import Translator
+from translator.config import Config
+from translator.data import ParallelCorpus
+from translator.pipeline import EncodedCorpus, encode_corpus
+from translator.tokenizer import Tokenizers
+from translator.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class Validator:
+    """Validates the model of a run after each epoch and keeps the best checkpoint.
+
+    The validation BLEU is that of the translations (with the `decode` section's defaults, as
+    the API runs them) of the first `train.eval_bleu_sentences` validation pairs (all when 0).
+    An epoch that improves on the best BLEU so far saves the model as the best checkpoint and
+    resets the count of epochs without a gain; any other epoch adds one to it and tells the
+    schedule (the plateau rule halves the learning rate).
+
+    Args:
+        config: the run's configuration.
+        corpus: the validation pairs; None: no validation (records get no valid_* figures).
+        tokenizers: the run's tokenizers.
+        state: the run's state (model, schedule, best-BLEU counters and checkpoint).
+        loss: the token-weighted mean loss over an encoded corpus.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        corpus: ParallelCorpus | None,
+        tokenizers: Tokenizers,
+        state: TrainState,
+        loss: Callable[[EncodedCorpus], float],
+    ):
+        self.config, self.corpus, self.state, self.loss = config, corpus, state, loss
+        self.encoded = None
+        if corpus is not None:
+            self.encoded = encode_corpus(
+                tokenizers, corpus.sources, corpus.targets, config.data.max_length
+            )
+            self.translator = Translator(state.model, tokenizers, config)
+
+    def validate(self) -> dict:
+        """The epoch's validation figures (valid_loss, valid_bleu, valid_chrf), after updating
+        the best checkpoint and the counters; {} without a validation corpus."""
+        if self.corpus is None:
+            return {}
+        record = {"valid_loss": self.loss(self.encoded)}
+        n = self.config.train.eval_bleu_sentences or len(self.corpus)
+        hyps = self.translator.translate(self.corpus.sources[:n])
+        scores = evaluate.score(hyps, self.corpus.targets[:n])
+        record["valid_bleu"], record["valid_chrf"] = scores["bleu"], scores["chrf"]
+        state = self.state
+        improved = record["valid_bleu"] > float(state.best_bleu)
+        if improved:
+            state.best_bleu.assign(record["valid_bleu"])
+            state.bad_epochs.assign(0)
+            state.save_best()
+        else:
+            state.bad_epochs.assign_add(1)
+        state.schedule.after_validation(improved)
+        return record
+
+    def patience_spent(self) -> bool:
+        """Whether early stopping is on and the BLEU has not improved for that many epochs."""
+        patience = self.config.train.early_stopping_patience
+        return bool(patience) and int(self.state.bad_epochs) >= patience
