@@ -96,7 +96,10 @@ def opened(browser, url: str, routes: dict | None = None, refusals: int = 0):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         page.goto(f"{url}/")
-        page.wait_for_selector("#translate:enabled")
+        try:
+            page.wait_for_selector("#translate:enabled", timeout=30_000)
+        except Exception as exc:  # say why: the page's own errors
+            raise AssertionError(f"the page did not get ready; its errors: {errors}") from exc
         yield page
         assert requests and all(r.startswith(f"{url}/") for r in requests), requests
         refused = [e for e in errors if e.startswith("Failed to load resource: the server ")]
