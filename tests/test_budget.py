@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from translator.errors import ConfigError
-from translator.training.budget import FLOOR, SAFETY, BudgetPlanner, BudgetSchedule, parse_minutes
+from translator.training.budget import SAFETY, BudgetPlanner, parse_minutes
+from translator.training.schedules import BUDGET_FLOOR as FLOOR
+from translator.training.schedules import BudgetSchedule
 
 
 @pytest.mark.parametrize(
@@ -50,3 +56,90 @@ def test_planner_fills_what_is_left_after_the_reserve():
     fits, epoch = planner.one_epoch_fits(100)
     assert fits and epoch == pytest.approx(50.0)
     assert not planner.one_epoch_fits(10_000)[0]
+
+
+# -- budgeted training on the synthetic task -------------------------------------------------
+
+BUDGET_MINUTES = 1.0
+SLACK = 0.05  # README: a budgeted process ends within its budget plus at most 5%
+
+
+def _budget_config(synthetic_files, out, minutes=BUDGET_MINUTES):
+    from conftest import tiny_config
+
+    return tiny_config(
+        synthetic_files,
+        out,
+        ("train.max_steps=0", "train.epochs=0", f"train.time_budget={minutes}"),
+    )
+
+
+def test_budgeted_run_ends_within_its_budget_with_the_rate_at_its_floor(synthetic_files, tmp_path):
+    from translator.train import Trainer
+
+    started = time.monotonic()
+    trainer = Trainer(_budget_config(synthetic_files, tmp_path / "out"), False, started)
+    result = trainer.fit()
+    elapsed = time.monotonic() - started
+    assert elapsed <= BUDGET_MINUTES * 60 * (1 + SLACK)
+    assert elapsed >= BUDGET_MINUTES * 60 * 0.8  # the budget is used, not wasted
+    assert result.steps == result.budget["planned_steps"] > 100
+    assert trainer._learning_rate() <= 0.01 * 1.5 * FLOOR  # learning_rate 0.01 at its floor
+    last = result.history[-1]
+    assert last["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
+    assert last["valid_loss"] < result.history[0]["valid_loss"]  # it learned
+
+
+def test_resumed_budgeted_run_keeps_the_plan_and_the_clock(synthetic_files, tmp_path, monkeypatch):
+    from translator.train import Trainer, TrainingInterrupted
+    from translator.training.budget import TimeBudget
+
+    config = _budget_config(synthetic_files, tmp_path / "out")
+    after_step = TimeBudget.after_step
+
+    def interrupt_at_60(self, step, seconds):
+        after_step(self, step, seconds)
+        if step == 60:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(TimeBudget, "after_step", interrupt_at_60)
+    first = Trainer(config, False, time.monotonic())
+    with pytest.raises(TrainingInterrupted):
+        first.fit()
+    plan, spent = first.budget.total_steps, first.budget.planner.elapsed()
+    monkeypatch.setattr(TimeBudget, "after_step", after_step)
+
+    started = time.monotonic()
+    resumed = Trainer(config, False, started)
+    replans = []
+    replan = TimeBudget.replan
+
+    def record_replan(self, step):
+        replans.append(self.total_steps)
+        replan(self, step)
+
+    monkeypatch.setattr(TimeBudget, "replan", record_replan)
+    result = resumed.fit()
+    assert replans[0] == plan  # the resumed run starts from the interrupted run's plan
+    # The clock went on from the first run's time: both runs together keep to one budget.
+    assert resumed.budget.planner.spent_before == pytest.approx(spent, abs=2.0)
+    total = spent + time.monotonic() - started
+    assert total <= BUDGET_MINUTES * 60 * (1 + SLACK) + 2.0  # + the first run's exit
+    assert result.history[-1]["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
+    assert result.steps == result.budget["planned_steps"] > 60
+    assert resumed._learning_rate() <= 0.01 * 1.5 * FLOOR
+
+
+def test_budget_too_small_for_one_epoch_is_one_line_and_writes_no_checkpoint(
+    synthetic_files, tmp_path, capsys
+):
+    from translator.cli import main
+    from translator.config import dump_config
+
+    out = tmp_path / "out"
+    dump_config(_budget_config(synthetic_files, out, minutes=5), tmp_path / "config.yaml")
+    code = main(["train", str(tmp_path / "config.yaml"), "--time-budget", "2s", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: train.time_budget=0.0333333 min is too small")
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())

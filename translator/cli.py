@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from translator.errors import DataError, TranslatorError
@@ -57,24 +58,24 @@ def _read_lines(path: str | None) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from translator.config import load_config
     from translator.train import train
+    from translator.training.budget import parse_minutes
 
     overrides = list(args.set or [])
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
+    if args.time_budget:
+        overrides.append(f"train.time_budget={parse_minutes(args.time_budget)}")
     config = load_config(args.config, overrides)
-    result = train(config, progress=not args.no_progress)
-    print(
-        json.dumps(
-            {
-                "output_dir": config.output_dir,
-                "steps": result.steps,
-                "epochs": result.epochs_done,
-                "seconds": round(result.seconds, 1),
-                "tokens_per_second": round(result.tokens_per_second, 1),
-                "stopped_early": result.stopped_early,
-            }
-        )
-    )
+    result = train(config, progress=not args.no_progress, started=args.started)
+    summary = {
+        "output_dir": config.output_dir,
+        "steps": result.steps,
+        "epochs": result.epochs_done,
+        "seconds": round(result.seconds, 1),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "stopped_early": result.stopped_early,
+    }
+    print(json.dumps({**summary, **(result.budget or {})}))
     return 0
 
 
@@ -189,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", help="shortcut for --set output_dir=DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="train for the best model in this time, e.g. 30m or 1.5h (train.time_budget)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("translate", help="translate lines from stdin or a file")
@@ -271,7 +277,9 @@ def _import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `translator` command."""
+    started = time.monotonic()  # a training time budget counts from here
     args = build_parser().parse_args(argv)
+    args.started = started
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")

@@ -99,6 +99,9 @@ class TrainConfig:
     cluster_timeout: float = 300.0  # seconds a multi_worker task waits for the others
     # bfloat16 compute: auto = where native (GPU, amx_bf16/avx512_bf16 CPU); true/false force it
     mixed_precision: bool | str = "auto"
+    # minutes for the whole `translator train` process; the trainer plans its updates and
+    # anneals the learning rate to the end of the budget (0 = off: train for epochs/max_steps)
+    time_budget: float = 0.0
     jit_compile: bool = False  # XLA for the train step (batches then padded to fixed shapes)
     packed_loss: bool = True  # vocabulary projection + softmax only at real (non-pad) tokens
     bucket_width: int = 8  # length buckets are multiples of this many pieces
@@ -308,6 +311,7 @@ def _validate(config: Config) -> None:
         "train.epochs": config.train.epochs,
         "train.batch_tokens": config.train.batch_tokens,
         "train.warmup_steps": config.train.warmup_steps,
+        "train.time_budget": config.train.time_budget,
         "train.average_last": config.train.average_last,
         "train.early_stopping_patience": config.train.early_stopping_patience,
         "model.decoder_units": config.model.decoder_units,
@@ -339,5 +343,6 @@ def _validate(config: Config) -> None:
             "config key 'model.decoder_units' must equal 2 * model.units without a bridge "
             "(the context vector is the decoder's initial state); set model.bridge=true"
         ) from None
-    if config.train.max_steps == 0 and config.train.epochs == 0:
-        raise ConfigError("set 'train.max_steps' or 'train.epochs' (both are 0)")
+    train = config.train
+    if train.max_steps == 0 and train.epochs == 0 and not train.time_budget:
+        raise ConfigError("set 'train.time_budget', 'train.max_steps' or 'train.epochs' (all 0)")

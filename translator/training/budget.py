@@ -1,31 +1,37 @@
-"""Training under a time budget: the clock, the plan of updates that fit, and the learning rate
-that anneals to its floor exactly at the planned last update.
+"""Training under a time budget: the clock, the plan of updates that fit, the stop rule.
 
-The clock counts wall-clock seconds from the start of the training process plus the seconds
-earlier, interrupted runs of the same model directory spent up to their last checkpoint (kept in
-the checkpoint). The plan is re-made as the trainer measures itself: seconds per update (steady
-state, tracing excluded), the validation and checkpoint cost of each epoch, and a reserve for
-what follows the last update (final validation, checkpoint, history). The schedule reads the
-planned total from a variable, so a re-plan bends the decay without retracing the step.
+The clock counts wall-clock seconds from the start of the training process, plus the budget
+seconds earlier, interrupted runs of the same model directory had used when they wrote their
+last checkpoint (`BudgetSchedule.spent_seconds`, kept in the checkpoint: work done after that
+checkpoint is lost and is counted again when redone). Before the first update the trainer
+measures its speed on a few updates at learning rate 0 (`TimeBudget.calibrate`) and refuses a
+budget that cannot hold one epoch. It then re-plans every `WINDOW` updates from what it measures:
+seconds per update (median of recent windows), the validation and checkpoint cost of each epoch,
+and a reserve for what follows the last update (the final validation and checkpoint, plus
+`SAFETY` of the budget). The plan is the planned last update, written into the schedule's
+variable, so the learning rate anneals to its floor exactly where the time runs out.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import keras
-import tensorflow as tf
-
+from translator.config import TrainConfig
 from translator.errors import ConfigError
+from translator.training.schedules import BudgetSchedule
+
+log = logging.getLogger(__name__)
 
 # The share of the budget kept free of planned work, for the noise in measured speeds.
 SAFETY = 0.02
-# The learning rate at the planned last update, as a fraction of the peak rate.
-FLOOR = 0.01
+# Updates per speed measurement and re-plan (a multiple-worker run agrees on the plan there).
+WINDOW = 20
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*$")
 _UNIT_MINUTES = {"s": 1 / 60, "sec": 1 / 60, "m": 1.0, "min": 1.0, "h": 60.0, None: 1.0}
 
@@ -50,36 +56,9 @@ def parse_minutes(text: str | float | int) -> float:
     return minutes
 
 
-class BudgetSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `base`, then cosine decay to `floor * base` at update `total_steps`.
-
-    `total_steps` is a variable the planner re-assigns; past it the rate stays at the floor.
-    """
-
-    def __init__(self, base: float, warmup_steps: int, floor: float = FLOOR):
-        self.base = base
-        self.warmup_steps = warmup_steps
-        self.floor = floor
-        self.total_steps = tf.Variable(
-            1, trainable=False, dtype=tf.int64, name="budget_total_steps"
-        )
-        self.scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="lr_scale")
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0
-        warmup = float(max(self.warmup_steps, 1))
-        total = tf.maximum(tf.cast(self.total_steps, tf.float32), warmup + 1.0)
-        progress = tf.clip_by_value((step - warmup) / (total - warmup), 0.0, 1.0)
-        decay = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-        return self.base * tf.minimum(1.0, step / warmup) * decay * self.scale
-
-    def get_config(self) -> dict:
-        return {"base": self.base, "warmup_steps": self.warmup_steps, "floor": self.floor}
-
-
 @dataclass
 class BudgetPlanner:
-    """Plans how many updates fit in what is left of a budget.
+    """Plans how many updates fit in what is left of a budget (plain arithmetic, no TF).
 
     Args:
         budget_seconds: the whole budget.
@@ -90,9 +69,8 @@ class BudgetPlanner:
     budget_seconds: float
     spent_before: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    step_seconds: list[float] = field(default_factory=list)  # per-update, one per window
+    step_seconds: list[float] = field(default_factory=list)  # per update, one per window
     epoch_overheads: list[float] = field(default_factory=list)  # validation + checkpoint
-    final_seconds: float = 0.0  # measured cost of the end of training, when known
 
     def elapsed(self) -> float:
         """Budget seconds used so far, earlier runs included."""
@@ -117,9 +95,9 @@ class BudgetPlanner:
         return statistics.median(self.step_seconds[-8:])
 
     def reserve(self) -> float:
-        """Seconds kept for after the last update: the last end-of-epoch cost (a final
-        validation and checkpoint), plus the safety share of the budget."""
-        end = max(self.final_seconds, self.epoch_overheads[-1] if self.epoch_overheads else 0.0)
+        """Seconds kept for after the last update: one end-of-epoch cost (the final validation
+        and checkpoint), plus the safety share of the budget."""
+        end = self.epoch_overheads[-1] if self.epoch_overheads else 0.0
         return end + SAFETY * self.budget_seconds
 
     def plan(self, step: int, steps_per_epoch: int | None) -> int | None:
@@ -141,4 +119,115 @@ class BudgetPlanner:
         seconds one epoch takes at the measured speed."""
         per_step = self.seconds_per_step() or 0.0
         epoch = per_step * steps_per_epoch
-        return epoch <= self.remaining() - SAFETY * self.budget_seconds, epoch
+        return epoch <= self.remaining() - self.reserve(), epoch
+
+
+class TimeBudget:
+    """The budget of one run: steers `schedule.total_steps` and says when to stop.
+
+    Args:
+        config: the `train` section (`time_budget` minutes; `max_steps` and `epochs`, when
+            set, still cap the plan).
+        schedule: the run's schedule (restored: a resumed run continues its plan and clock).
+        steps_per_epoch: global batches in one epoch.
+        started: `time.monotonic()` at the start of the process.
+        agree: maps the planned total to the chief's value on every worker (identity for one).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        schedule: BudgetSchedule,
+        steps_per_epoch: int,
+        started: float,
+        agree: Callable[[int], int] = lambda total: total,
+    ):
+        self.schedule, self.steps_per_epoch, self.agree = schedule, steps_per_epoch, agree
+        self.minutes = config.time_budget
+        spent = float(schedule.spent_seconds.numpy())
+        self.planner = BudgetPlanner(config.time_budget * 60.0, spent, started)
+        caps = [config.max_steps, config.epochs * steps_per_epoch]
+        self.cap = min([c for c in caps if c] or [2**40])
+        self.window_steps = 0
+        self.window_seconds = 0.0
+        self.skip_window = True  # this process's first window traces the step
+        self.logged_plan = False
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.schedule.total_steps.numpy())
+
+    def calibrate(self, step_seconds: list[float], validation_seconds: float) -> None:
+        """Takes the speed measured before training (updates at learning rate 0; the first
+        ones trace) and the estimated cost of one validation, and refuses a budget that cannot
+        hold one epoch.
+
+        Raises:
+            ConfigError: one epoch does not fit in what is left of the budget.
+        """
+        steady = step_seconds[2:] or step_seconds
+        self.planner.record_steps(len(steady), sum(steady))
+        self.planner.record_epoch_overhead(validation_seconds)
+        self.skip_window = False  # the calibration traced the step already
+        fits, epoch = self.planner.one_epoch_fits(self.steps_per_epoch)
+        if not fits:
+            left = self.planner.remaining() / 60.0
+            raise ConfigError(
+                f"train.time_budget={self.minutes:g} min is too small: one epoch "
+                f"({self.steps_per_epoch} updates) takes about {epoch / 60.0:.1f} min here and "
+                f"{max(left, 0.0):.1f} min of the budget are left after start-up; raise the "
+                "budget or use a smaller model or corpus"
+            )
+
+    def after_step(self, step: int, seconds: float) -> None:
+        """Counts an update; every WINDOW updates, measures the speed and re-plans."""
+        self.window_steps += 1
+        self.window_seconds += seconds
+        if step % WINDOW:
+            return
+        if not self.skip_window:
+            self.planner.record_steps(self.window_steps, self.window_seconds)
+        self.skip_window = False
+        self.window_steps, self.window_seconds = 0, 0.0
+        self.replan(step)
+
+    def after_epoch(self, seconds: float) -> None:
+        """The end of an epoch (validation and checkpoint) took `seconds`."""
+        self.planner.record_epoch_overhead(seconds)
+
+    def replan(self, step: int) -> None:
+        """Re-plans the last update from the measured speed and what is left of the budget."""
+        planned = self.planner.plan(step, self.steps_per_epoch)
+        if planned is None:
+            return
+        total = self.agree(min(planned, self.cap))
+        previous = self.total_steps
+        self.schedule.total_steps.assign(total)
+        if not self.logged_plan or abs(total - previous) > 0.1 * max(previous, 1):
+            self.logged_plan = True
+            log.info(
+                "time budget %g min: %d updates planned (%.1f epochs of %d) at %.3f s per "
+                "update, %.1f min left",
+                self.minutes,
+                total,
+                total / self.steps_per_epoch,
+                self.steps_per_epoch,
+                self.planner.seconds_per_step(),
+                self.planner.remaining() / 60.0,
+            )
+
+    def done(self, step: int) -> bool:
+        """Whether the planned last update is reached."""
+        return step >= self.total_steps
+
+    def before_save(self) -> None:
+        """Writes the clock into the schedule's checkpointed variable."""
+        self.schedule.spent_seconds.assign(self.planner.elapsed())
+
+    def summary(self) -> dict:
+        """What the budget planned and used, for the log and the run's summary."""
+        return {
+            "time_budget_minutes": self.minutes,
+            "budget_used_minutes": round(self.planner.elapsed() / 60.0, 2),
+            "planned_steps": self.total_steps,
+        }

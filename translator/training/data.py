@@ -90,3 +90,8 @@ def eval_batches(encoded: EncodedCorpus, config: Config) -> tf.data.Dataset:
         shuffle=False,
         fixed_shapes=cfg.jit_compile,
     )
+
+
+def count_batches(encoded: EncodedCorpus, config: Config) -> int:
+    """Global batches in one epoch (the same for every epoch: the shuffle only reorders)."""
+    return int(train_batches(encoded, config, 0, 0).reduce(0, lambda n, _: n + 1))

@@ -8,10 +8,15 @@ in the training checkpoint under these names) and `after_validation` (once per v
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
 
 from translator.config import TrainConfig
+
+# A budget schedule's rate at the planned last update, as a fraction of the peak rate.
+BUDGET_FLOOR = 0.01
 
 
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -57,9 +62,52 @@ class LearningRate(Schedule):
             self.scale.assign(self.scale * 0.5)
 
 
+class BudgetSchedule(Schedule):
+    """Linear warm-up to `base`, then cosine decay to `floor * base` at update `total_steps`.
+
+    The plan of a time-budgeted run (see budget.py) lives here, in the training checkpoint:
+    `total_steps`, the planned last update, which the planner re-assigns as it measures the
+    run's speed (past it the rate stays at the floor), and `spent_seconds`, the budget seconds
+    used up to the checkpoint, so a resumed run continues the same budget.
+    """
+
+    def __init__(self, base: float, warmup_steps: int, floor: float = BUDGET_FLOOR):
+        self.base = base
+        self.warmup_steps = warmup_steps
+        self.floor = floor
+        self.scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="lr_scale")
+        self.total_steps = tf.Variable(
+            2**40, trainable=False, dtype=tf.int64, name="budget_total_steps"
+        )
+        self.spent_seconds = tf.Variable(
+            0.0, trainable=False, dtype=tf.float64, name="budget_spent_seconds"
+        )
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32) + 1.0
+        warmup = float(max(self.warmup_steps, 1))
+        total = tf.maximum(tf.cast(self.total_steps, tf.float32), warmup + 1.0)
+        progress = tf.clip_by_value((step - warmup) / (total - warmup), 0.0, 1.0)
+        decay = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        return self.base * tf.minimum(1.0, step / warmup) * decay * self.scale
+
+    def get_config(self) -> dict:
+        return {"base": self.base, "warmup_steps": self.warmup_steps, "floor": self.floor}
+
+    def checkpoint_variables(self) -> dict[str, tf.Variable]:
+        return {
+            "lr_scale": self.scale,
+            "budget_total_steps": self.total_steps,
+            "budget_spent_seconds": self.spent_seconds,
+        }
+
+
 def make_schedule(config: TrainConfig) -> Schedule:
-    """The schedule `train.learning_rate`, `train.warmup_steps` and `train.lr_schedule` name.
+    """The schedule `train.learning_rate`, `train.warmup_steps` and `train.lr_schedule` name,
+    or the budget's schedule with `train.time_budget`.
 
     Call it under the strategy's scope (its variables are then mirrored like the model's).
     """
+    if config.time_budget:
+        return BudgetSchedule(config.learning_rate, config.warmup_steps)
     return LearningRate(config.learning_rate, config.warmup_steps, config.lr_schedule)

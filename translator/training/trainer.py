@@ -28,13 +28,20 @@ import tensorflow as tf
 
 from translator import precision
 from translator.config import Config
-from translator.distribute import distribute_batches, is_chief, make_strategy, worker_count
+from translator.distribute import (
+    distribute_batches,
+    is_chief,
+    make_strategy,
+    values_from_chief,
+    worker_count,
+)
 from translator.errors import TrainingError
 from translator.model import Seq2Seq, build_model
 from translator.model_dir import AVERAGED_DIR
 from translator.pipeline import EncodedCorpus
 from translator.tokenizer import Tokenizers
-from translator.training.data import eval_batches, load_data, train_batches
+from translator.training.budget import TimeBudget
+from translator.training.data import count_batches, eval_batches, load_data, train_batches
 from translator.training.history import Recorder
 from translator.training.output_dir import prepare_output_dir, worker_scratch_dir
 from translator.training.schedules import make_schedule
@@ -44,6 +51,9 @@ from translator.training.steps import StepFunctions, trace_for_any_shape
 from translator.training.validation import Validator
 
 log = logging.getLogger(__name__)
+
+# Updates at learning rate 0 that measure a budgeted run's speed before it trains.
+CALIBRATION_STEPS = 8
 
 
 @dataclass
@@ -56,6 +66,7 @@ class TrainResult:
     tokens_per_second: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    budget: dict | None = None  # with train.time_budget: the budget, what it used, the plan
 
 
 class Trainer:
@@ -67,8 +78,11 @@ class Trainer:
     epoch).
     """
 
-    def __init__(self, config: Config, progress: bool = True):
+    def __init__(self, config: Config, progress: bool = True, started: float | None = None):
+        """`started`: `time.monotonic()` at the start of the process, from which a time
+        budget counts (default: now)."""
         self.config = config
+        self.started = time.monotonic() if started is None else started
         self.output_dir = Path(config.output_dir)
         self.progress = progress
         self.strategy = make_strategy(config.train.strategy, config.train.cluster_timeout)
@@ -76,6 +90,7 @@ class Trainer:
         # Where checkpoints go: output_dir on the chief, a temporary directory elsewhere.
         self.work_dir = self.output_dir
         self.stopped_early = False
+        self.budget: TimeBudget | None = None
 
     def fit(self) -> TrainResult:
         """Trains until `train.max_steps` or `train.epochs`, resuming from the last checkpoint.
@@ -139,19 +154,23 @@ class Trainer:
             self.config, self.output_dir, self.work_dir, self.is_chief
         )
         self._build(tokenizers)
-        self.stopped_early = False
+        self.stopped_early, self.budget = False, None
         self._restore(tokenizers)
         self.validator = Validator(self.config, valid, tokenizers, self.state, self.evaluate_loss)
+        self.budget = self._start_budget(encoded) if cfg.time_budget else None
         state = self.state
         self.recorder = Recorder(self.output_dir, self.is_chief, self.progress, cfg, state)
         self._start, self._tokens_seen = time.perf_counter(), 0.0
         signals = StopOnSignal().install()
         try:
             while not self._done():
-                totals = self._train_epoch(encoded, signals)
-                if totals is not None:  # the epoch ran out of batches
-                    self._end_of_epoch(*totals)
-                state.save()
+                totals, complete = self._train_epoch(encoded, signals)
+                began = time.perf_counter()
+                if complete or self.budget is not None:  # a budget validates its last update
+                    self._end_of_epoch(*totals, complete=complete)
+                self._save()
+                if self.budget is not None and complete:
+                    self.budget.after_epoch(time.perf_counter() - began)
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as exc:
             if worker_count(self.strategy) == 1:
                 raise
@@ -169,6 +188,15 @@ class Trainer:
             )
             state.write_average(cfg.average_last, model, self.output_dir / AVERAGED_DIR)
         seconds = time.perf_counter() - self._start
+        budget = self.budget.summary() if self.budget is not None else None
+        if budget is not None:
+            log.info(
+                "time budget: used %.1f of %g min; %d updates (%.2f epochs)",
+                budget["budget_used_minutes"],
+                budget["time_budget_minutes"],
+                int(state.step),
+                int(state.step) / self.budget.steps_per_epoch,
+            )
         return TrainResult(
             int(state.step),
             int(state.epoch),
@@ -176,7 +204,59 @@ class Trainer:
             self._tokens_seen / seconds if seconds else 0.0,
             self.recorder.history,
             self.stopped_early,
+            budget,
         )
+
+    def _save(self) -> None:
+        """Saves a checkpoint at the current step, the budget's clock with it."""
+        if self.budget is not None:
+            self.budget.before_save()
+        self.state.save()
+
+    # -- the time budget ---------------------------------------------------------------------
+
+    def _start_budget(self, encoded: EncodedCorpus) -> TimeBudget:
+        """The run's budget: speed measured before a new run's first update (a budget that
+        cannot hold one epoch is refused there), then the first plan."""
+
+        def agree(total: int) -> int:  # every worker takes the chief's plan
+            if worker_count(self.strategy) == 1:
+                return total
+            return int(values_from_chief(self.strategy, [tf.constant(total, tf.int64)])[0])
+
+        budget = TimeBudget(
+            self.config.train,
+            self.schedule,
+            count_batches(encoded, self.config),
+            self.started,
+            agree,
+        )
+        if int(self.state.step) == 0:
+            budget.calibrate(self._calibrate(encoded), self.validator.cost_estimate())
+        budget.replan(int(self.state.step))
+        return budget
+
+    def _calibrate(self, encoded: EncodedCorpus) -> list[float]:
+        """Seconds of each of CALIBRATION_STEPS updates at learning rate 0 (the weights do not
+        move), after which the optimizer's state is reset: a new run's speed, measured before
+        it trains. Every worker gets the chief's figures."""
+        self.schedule.scale.assign(0.0)
+        stop = tf.constant(0.0)
+        batches = train_batches(encoded, self.config, 0, 0).take(CALIBRATION_STEPS)
+        seconds = []
+        for batch in distribute_batches(self.strategy, batches):
+            began = time.perf_counter()
+            self._trace_once("train", self._train_step, batch, tf.TensorSpec([], tf.float32))
+            float(self._train_step(batch, stop)[0])
+            seconds.append(time.perf_counter() - began)
+        for variable in self.optimizer.variables:
+            if not variable.path.endswith("learning_rate"):
+                variable.assign(tf.zeros_like(variable))
+        self.schedule.scale.assign(1.0)
+        if worker_count(self.strategy) > 1:
+            chief = values_from_chief(self.strategy, [tf.constant(seconds, tf.float64)])[0]
+            seconds = [float(s) for s in chief.numpy()]
+        return seconds
 
     def _done(self) -> bool:
         """Whether the run is over: the one stop rule, checked before each epoch and after
@@ -186,16 +266,18 @@ class Trainer:
             return True
         if cfg.max_steps and int(self.state.step) >= cfg.max_steps:
             return True
+        if self.budget is not None and self.budget.done(int(self.state.step)):
+            return True
         return bool(cfg.epochs) and int(self.state.epoch) >= cfg.epochs
 
     def _train_epoch(
         self, encoded: EncodedCorpus, signals: StopOnSignal
-    ) -> tuple[int, float, float, float] | None:
+    ) -> tuple[tuple[int, float, float, float], bool]:
         """Trains on the rest of the current epoch, until its batches run out or the run is done.
 
         Returns:
-            (epoch, loss sum, tokens, training seconds before it) when the batches ran out,
-            None when the run ended within the epoch.
+            ((epoch, loss sum, tokens, training seconds before it), complete): complete when
+            the batches ran out, not when the run ended within the epoch.
         """
         cfg, state = self.config.train, self.state
         epoch = int(state.epoch)
@@ -215,29 +297,34 @@ class Trainer:
                 )
             now = time.perf_counter()
             state.count_step(now - step_start)
+            step = int(state.step)
+            if self.budget is not None:
+                self.budget.after_step(step, now - step_start)
             step_start = now
             loss_sum += loss * tokens
             tokens_sum += tokens
             self._tokens_seen += tokens
-            step = int(state.step)
             speed = self._tokens_seen / (time.perf_counter() - self._start)
             self.recorder.step(step, epoch, loss, speed, self._learning_rate)
             if step % cfg.checkpoint_every == 0:
-                state.save()
+                self._save()
             if float(stopping):  # a signal reached this or another worker
-                state.save()
+                self._save()
                 saved = state.latest_checkpoint if self.is_chief else "the chief's checkpoint"
                 raise TrainingInterrupted.at_step(signals.signum, step, saved)
             if self._done():
-                return None
-        return epoch, loss_sum, tokens_sum, seconds_before
+                return (epoch, loss_sum, tokens_sum, seconds_before), False
+        return (epoch, loss_sum, tokens_sum, seconds_before), True
 
     def _end_of_epoch(
-        self, epoch: int, loss_sum: float, tokens: float, seconds_before: float
+        self, epoch: int, loss_sum: float, tokens: float, seconds_before: float, complete=True
     ) -> None:
-        """Advances the epoch; validation, the epoch's record, early stopping."""
+        """Advances the epoch; validation, the epoch's record, early stopping. A time budget
+        also validates the run's last update within an epoch (`complete` False): that record
+        is marked `partial_epoch` and the epoch does not advance."""
         state = self.state
-        state.next_epoch()
+        if complete:
+            state.next_epoch()
         record = {
             "epoch": epoch + 1,
             "step": int(state.step),
@@ -249,6 +336,10 @@ class Trainer:
         seconds = float(state.train_seconds)
         record["tokens_per_second"] = round(tokens / max(seconds - seconds_before, 1e-9), 1)
         record["seconds"] = round(seconds, 1)
+        if self.budget is not None:
+            record["budget_seconds"] = round(self.budget.planner.elapsed(), 1)
+        if not complete:
+            record["partial_epoch"] = True
         self.recorder.append(record)
         if self.validator.patience_spent():
             log.info("early stopping: no BLEU gain for %d epochs", int(state.bad_epochs))
@@ -275,9 +366,13 @@ def _first_line(exc: tf.errors.OpError) -> str:
     return (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
-def train(config: Config, progress: bool = True) -> TrainResult:
-    """Trains a model as described by `config` (see Trainer); returns the run's summary."""
-    result = Trainer(config, progress=progress).fit()
+def train(config: Config, progress: bool = True, started: float | None = None) -> TrainResult:
+    """Trains a model as described by `config` (see Trainer); returns the run's summary.
+
+    `started`: `time.monotonic()` at the start of the process, from which `train.time_budget`
+    counts (default: now).
+    """
+    result = Trainer(config, progress=progress, started=started).fit()
     summary = {k: v for k, v in result.__dict__.items() if k != "history"}
     log.info("training done: %s", summary)
     return result

@@ -4,6 +4,7 @@ plateau rule's signal and early stopping."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from translator import evaluate
@@ -43,6 +44,7 @@ class Validator:
         loss: Callable[[EncodedCorpus], float],
     ):
         self.config, self.corpus, self.state, self.loss = config, corpus, state, loss
+        self.tokenizers, self.max_length = tokenizers, config.data.max_length
         self.encoded = None
         if corpus is not None:
             self.encoded = encode_corpus(
@@ -70,6 +72,25 @@ class Validator:
             state.bad_epochs.assign_add(1)
         state.schedule.after_validation(improved)
         return record
+
+    def cost_estimate(self, sample: int = 32) -> float:
+        """Seconds one `validate()` will take, estimated before training from a sample of the
+        validation set: run once to trace the functions, then timed and scaled to the set.
+        An untrained model decodes to the length limit, so this errs on the long side."""
+        if self.corpus is None:
+            return 0.0
+        n = min(self.config.train.eval_bleu_sentences or len(self.corpus), len(self.corpus))
+        k = min(sample, n)
+        head = encode_corpus(
+            self.tokenizers, self.corpus.sources[:k], self.corpus.targets[:k], self.max_length
+        )
+        seconds = 0.0
+        for _ in range(2):  # the first run traces
+            began = time.perf_counter()
+            self.loss(head)
+            self.translator.translate(self.corpus.sources[:k])
+            seconds = time.perf_counter() - began
+        return seconds * max(n, len(self.corpus)) / k
 
     def patience_spent(self) -> bool:
         """Whether early stopping is on and the BLEU has not improved for that many epochs."""
