@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from translator.config import ModelConfig, config_from_dict
+from translator.errors import ConfigError
 from translator.lstm import LSTM, StepMatmul, lstm_cell, recurrence, uses_fast_loop
+from translator.model import Seq2Seq, build_model
 
 BATCH, TIME, FEATURES, UNITS = 4, 6, 5, 7
 LENGTHS = [6, 4, 1, 3]  # right padding; the longest row has none
@@ -208,3 +211,83 @@ def test_kind_is_validated_and_serialized():
         LSTM(3, kind="cudnn")
     assert uses_fast_loop("fast") and not uses_fast_loop("keras")
     assert uses_fast_loop("auto") == (not tf.config.list_logical_devices("GPU"))
+
+
+# -- the switch in the model: model.lstm = keras | fast ---------------------------------------
+
+SRC_VOCAB, TGT_VOCAB = 20, 24
+SOURCE = np.array([[5, 6, 7, 8, 3], [9, 4, 3, 0, 0], [11, 3, 0, 0, 0]], "int32")  # [batch, src]
+TARGET_IN = np.array([[2, 4, 5, 6, 7], [2, 8, 9, 0, 0], [2, 10, 0, 0, 0]], "int32")
+TARGET_OUT = np.array([[4, 5, 6, 7, 3], [8, 9, 3, 0, 0], [10, 3, 0, 0, 0]], "int32")
+MODELS = {
+    "none": dict(encoder_layers=2, decoder_layers=2),
+    "luong": dict(attention="luong", decoder_layers=2),
+    "bahdanau": dict(attention="bahdanau", bridge=True, decoder_units=6),
+}
+
+
+def _model(lstm: str, **kwargs) -> Seq2Seq:
+    config = ModelConfig(**{"embedding_dim": 8, "units": 8, "lstm": lstm, **kwargs})
+    return build_model(config, SRC_VOCAB, TGT_VOCAB)
+
+
+def _loss(model: Seq2Seq, training: bool = False) -> tf.Tensor:
+    logits = model((SOURCE, TARGET_IN), training=training)  # [batch, tgt, vocab]
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(TARGET_OUT, logits)
+    weights = tf.cast(TARGET_OUT != 0, tf.float32)
+    return tf.reduce_sum(losses * weights) / tf.reduce_sum(weights)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_seq2seq_loss_and_gradients_equal_with_both_switches(name):
+    models = {kind: _model(kind, **MODELS[name]) for kind in ("keras", "fast")}
+    models["fast"].set_weights(models["keras"].get_weights())
+    results = {}
+    for kind, model in models.items():
+        with tf.GradientTape() as tape:
+            loss = _loss(model, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert all(g is not None for g in grads)
+        results[kind] = [loss] + [tf.convert_to_tensor(g) for g in grads]
+    _assert_all_close(results["fast"], results["keras"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["none", "luong"])
+def test_checkpoint_written_with_one_switch_loads_into_the_other(tmp_path, name):
+    for written, read in (("keras", "fast"), ("fast", "keras")):
+        keras.backend.clear_session()  # the same automatic layer names (lstm, lstm_1, ...)
+        source = _model(written, **MODELS[name])
+        path = tf.train.Checkpoint(model=source).write(str(tmp_path / f"{written}-{name}"))
+        keras.backend.clear_session()
+        target = _model(read, **MODELS[name])
+        assert [w.path for w in target.weights] == [w.path for w in source.weights]
+        tf.train.Checkpoint(model=target).read(path).assert_consumed()
+        np.testing.assert_allclose(
+            target((SOURCE, TARGET_IN)), source((SOURCE, TARGET_IN)), atol=1e-5
+        )
+
+
+def test_switch_is_in_the_config_and_the_model_config():
+    model = _model("keras")
+    assert model.get_config()["lstm"] == "keras"
+    assert Seq2Seq.from_config(model.get_config()).encoder.bilstm_0.forward_layer.kind == "keras"
+    assert ModelConfig().lstm == "auto"
+    with pytest.raises(ConfigError, match="model.lstm"):
+        config_from_dict({"model": {"lstm": "cudnn"}})
+
+
+def test_short_training_with_the_fast_lstm_lowers_the_loss():
+    model = _model("fast", attention="luong", units=16, embedding_dim=16)
+    optimizer = keras.optimizers.Adam(0.01)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            loss = _loss(model, training=True)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    losses = [float(train_step()) for _ in range(40)]
+    assert losses[0] > 2.5  # about log(24) at the start
+    assert losses[-1] < 0.3 * losses[0]
