@@ -13,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from translator.constants import PAD_ID
-from translator.lstm import LSTM, StepMatmul, lstm_cell, time_array, uses_fast_loop
+from translator.lstm import LSTM, StepMatmul, lstm_cell, project, time_array, uses_fast_loop
 
 _NEG_INF = -1e9  # masked attention score: exp() underflows to exactly 0 in float32
 
@@ -437,7 +437,7 @@ class Decoder(keras.layers.Layer):
                 ops.cast(w, dtype) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)
             )
             if i == 0:  # [tgt, batch, 4u]: the embedding half of the input projection
-                offsets = ops.einsum("tbe,eg->tbg", inputs, kernel[: self.embedding_dim]) + bias
+                offsets = project(inputs, kernel[: self.embedding_dim], bias)
                 kernel = kernel[self.embedding_dim :]  # the rows the feed multiplies
             else:
                 offsets = ops.broadcast_to(bias, (steps, batch, 4 * self.units))
