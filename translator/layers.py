@@ -417,38 +417,43 @@ class Decoder(keras.layers.Layer):
         weights = ops.transpose(weight_ta.stack(), (1, 0, 2))  # [batch, tgt, src]
         return feeds, weights
 
+    def _step_matmuls(self, inputs, steps, batch) -> list[StepMatmul]:
+        """One `StepMatmul` per LSTM layer, then one for `combine`, weights cast once.
+
+        Layer 0's offsets are the embedding half of its input projection for all steps (one
+        matmul, plus the bias), so its step multiplies only `concat([feed, h])` by
+        `concat([kernel_feed_rows, recurrent_kernel])`; an upper layer's step multiplies
+        `concat([x, h])` by `concat([kernel, recurrent_kernel])`. LSTM offsets are float32 (the
+        cell's elementwise work is, see `translator.lstm.recurrence`).
+        """
+        dtype = inputs.dtype
+        plans = []
+        for i, cell in enumerate(self.cells):
+            kernel, recurrent = ops.cast(cell.kernel, dtype), ops.cast(cell.recurrent_kernel, dtype)
+            if i == 0:  # split, not sliced: the gradient of a split is a cheap concat
+                emb_rows, kernel = tf.split(kernel, [self.embedding_dim, self.units], 0)
+                offsets = project(inputs, emb_rows, ops.cast(cell.bias, dtype))  # [tgt, b, 4u]
+            else:
+                offsets = ops.broadcast_to(cell.bias, (steps, batch, 4 * self.units))
+            weight = ops.concatenate([kernel, recurrent], 0)  # [in + units, 4u]
+            plans.append(StepMatmul(weight, ops.cast(offsets, "float32")))
+        combine = ops.cast(self.combine.kernel, dtype)  # [memory + units, units]
+        plans.append(StepMatmul(combine, ops.zeros((steps, batch, self.units), dtype)))
+        return plans
+
     def _teacher_force_fast(self, x, state, training):
         """`_teacher_force` with fewer, larger matmuls (the same results within rounding).
 
-        Before the loop: weights cast once; layer 0's embedding rows of the kernel applied to
-        all steps in one matmul (plus the bias), so a step multiplies only
-        `concat([feed, h])` by `concat([kernel_feed_rows, recurrent_kernel])`; upper layers
-        multiply `concat([x, h])` once per step. The LSTM and `combine` weight gradients are
-        one matmul each after the loop (`translator.lstm.StepMatmul`).
+        Weights are cast once before the loop and their gradients computed after it, one
+        matmul each (`_step_matmuls`); the LSTM cell state and elementwise work are float32.
         """
         steps = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
-        batch = ops.shape(x)[0]
         dtype = x.dtype
-        inputs = ops.transpose(x, (1, 0, 2))  # [tgt, batch, emb]
         masks = self._dropout_masks(x, steps, training)
-        plans = []  # one StepMatmul per LSTM layer, then one for `combine`
-        for i, cell in enumerate(self.cells):
-            kernel, recurrent, bias = (
-                ops.cast(w, dtype) for w in (cell.kernel, cell.recurrent_kernel, cell.bias)
-            )
-            if i == 0:  # [tgt, batch, 4u]: the embedding half of the input projection
-                offsets = project(inputs, kernel[: self.embedding_dim], bias)
-                kernel = kernel[self.embedding_dim :]  # the rows the feed multiplies
-            else:
-                offsets = ops.broadcast_to(bias, (steps, batch, 4 * self.units))
-            plans.append(StepMatmul(ops.concatenate([kernel, recurrent], 0), offsets))
-        combine = ops.cast(self.combine.kernel, dtype)  # [memory + units, units]
-        plans.append(StepMatmul(combine, ops.zeros((steps, batch, self.units), dtype)))
-        offset_tas = [
-            time_array(plan.offsets, steps, f"offsets_{i}") for i, plan in enumerate(plans)
-        ]
+        plans = self._step_matmuls(ops.transpose(x, (1, 0, 2)), steps, ops.shape(x)[0])
+        offset_tas = [time_array(p.offsets, steps, f"offsets_{i}") for i, p in enumerate(plans)]
         names = [f"{kind}{i}" for i in range(self.num_layers) for kind in "hc"] + ["feed"]
-        carried = {k: state[k] for k in names}
+        carried = {k: ops.cast(state[k], "float32" if k[0] == "c" else dtype) for k in names}
         fixed = {k: v for k, v in state.items() if k not in carried}
         arrays = {  # per-step outputs and the per-step matmul inputs StepMatmul needs
             "feed": tf.TensorArray(dtype, size=steps, element_shape=state["feed"].shape),
@@ -460,17 +465,18 @@ class Decoder(keras.layers.Layer):
 
         def matmul(i, t, a, arrays):  # plans[i] at step t; a: [batch, k]
             arrays[f"a{i}"] = arrays[f"a{i}"].write(t, a)
-            return ops.matmul(a, plans[i].weight) + offset_tas[i].read(t)
+            offsets = offset_tas[i].read(t)
+            return ops.cast(ops.matmul(a, plans[i].weight), offsets.dtype) + offsets
 
         def body(t, carry, arrays):
             arrays, new = dict(arrays), {}
-            x = ops.cast(carry["feed"], dtype)  # layer 0: only the feed half is left to multiply
+            x = carry["feed"]  # layer 0: only the feed half is left to multiply
             for i in range(self.num_layers):
                 if i > 0 and masks is not None:
                     x = x * masks[t][i - 1]
                 a = ops.concatenate([x, carry[f"h{i}"]], -1)  # [batch, in + units]
-                x, new[f"c{i}"] = lstm_cell(matmul(i, t, a, arrays), carry[f"c{i}"])
-                new[f"h{i}"] = x
+                h, new[f"c{i}"] = lstm_cell(matmul(i, t, a, arrays), carry[f"c{i}"])
+                x = new[f"h{i}"] = ops.cast(h, dtype)
             new = self._attention_step(
                 x, {**carry, **fixed}, new, lambda both: matmul(len(plans) - 1, t, both, arrays)
             )
