@@ -11,7 +11,7 @@ its loop on CPU:
 - the input projection of the whole sequence is one matmul before the loop, and the weights
   are cast once per call;
 - the loop has a hand-written backward pass (`tf.custom_gradient`): the forward loop keeps the
-  gate pre-activations and cell states, the backward loop does only the `dz @ recurrent^T`
+  gate activations and cell states, the backward loop does only the `dz @ recurrent^T`
   matmul and a few elementwise ops per step, and the weight gradients are one matmul each over
   all steps (`inputs^T @ dz`, `h_prev^T @ dz`).
 
@@ -98,13 +98,12 @@ def recurrence(xz, h0, c0, recurrent, keep=None):
     @tf.custom_gradient
     def run(xz, h0, c0, recurrent):
         xz_s, h0_s, c0_s = (tf.cast(v, state_dtype) for v in (xz, h0, c0))
-        zs, cs, hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps)
+        gates, cs, hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps)
 
         def grad(d_hs, d_c_last):
             d_hs = tf.zeros_like(hs) if d_hs is None else tf.cast(d_hs, state_dtype)
             d_c = tf.zeros_like(c0_s) if d_c_last is None else tf.cast(d_c_last, state_dtype)
-            dzs, dh0, dc0 = _backward(zs, cs, c0_s, d_hs, d_c, recurrent, keep, steps)
-            dzs = tf.cast(dzs, matmul_dtype)  # [time, batch, 4u]
+            dzs, dh0, dc0 = _backward(gates, cs, c0_s, d_hs, d_c, recurrent, keep, steps)
             h_prev = tf.cast(tf.concat([h0_s[None], hs[:-1]], 0), matmul_dtype)  # [time, b, u]
             d_recurrent = tf.matmul(  # [u, 4u]: all steps in one matmul
                 tf.reshape(h_prev, [-1, units]), tf.reshape(dzs, [-1, 4 * units]), transpose_a=True
@@ -122,39 +121,53 @@ def recurrence(xz, h0, c0, recurrent, keep=None):
 
 
 def _forward(xz, h0, c0, recurrent, keep, steps):
-    """The forward loop; returns pre-activations, cell and hidden states `[time, ...]`, last c."""
+    """The forward loop. Keeps, per step, what the backward pass needs (storing costs less
+    than recomputing sigmoid and tanh there).
+
+    Returns:
+        `(gates, cs, hs, c_last)`: gates `(i, f, g, o, tanh(c))`, cell states `cs` and hidden
+        states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`.
+    """
     xz_ta = time_array(xz, steps, "xz")
     keep_ta = None if keep is None else time_array(keep, steps, "keep")
-    z_ta, c_ta, h_ta = (
-        tf.TensorArray(xz.dtype, size=steps, element_shape=shape, name=name)
-        for name, shape in (("z", xz.shape[1:]), ("c", c0.shape), ("h", h0.shape))
+    arrays = tuple(
+        tf.TensorArray(xz.dtype, size=steps, element_shape=c0.shape, name=name)
+        for name in ("i", "f", "g", "o", "tanh_c", "c", "h")
     )
 
-    def body(t, h, c, z_ta, c_ta, h_ta):
+    def body(t, h, c, arrays):
         z = xz_ta.read(t) + tf.cast(tf.matmul(tf.cast(h, recurrent.dtype), recurrent), h.dtype)
-        h_new, c_new = lstm_cell(z, c)
+        z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)  # [batch, u] each
+        i, f, g, o = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.tanh(z_c), tf.sigmoid(z_o)
+        c_new = f * c + i * g  # Keras's order of operations
+        tanh_c = tf.tanh(c_new)
+        h_new = o * tanh_c
         if keep_ta is not None:
             keep_t = keep_ta.read(t)  # [batch, 1]
             h_new, c_new = tf.where(keep_t, h_new, h), tf.where(keep_t, c_new, c)
-        return t + 1, h_new, c_new, z_ta.write(t, z), c_ta.write(t, c_new), h_ta.write(t, h_new)
+        values = (i, f, g, o, tanh_c, c_new, h_new)
+        return (
+            t + 1,
+            h_new,
+            c_new,
+            tuple(a.write(t, v) for a, v in zip(arrays, values, strict=True)),
+        )
 
-    _, _, c_last, z_ta, c_ta, h_ta = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, z_ta, c_ta, h_ta)
+    _, _, c_last, arrays = tf.while_loop(
+        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, arrays)
     )
-    return z_ta.stack(), c_ta.stack(), h_ta.stack(), c_last
+    *gates, cs, hs = (a.stack() for a in arrays)
+    return gates, cs, hs, c_last
 
 
-def _backward(zs, cs, c0, d_hs, d_c, recurrent, keep, steps):
-    """The backward loop. Everything that does not depend on the incoming gradient (gate
-    activations and their derivatives) is computed for all steps at once before it, so a step
-    is one matmul and a handful of elementwise ops.
+def _backward(gates, cs, c0, d_hs, d_c, recurrent, keep, steps):
+    """The backward loop. Everything that does not depend on the incoming gradient is computed
+    for all steps at once before it, so a step is one matmul and a handful of elementwise ops.
 
     Returns:
-        `(dzs [time, batch, 4u], dh0 [batch, u], dc0 [batch, u])`.
+        `(dzs [time, batch, 4u] in the dtype of recurrent, dh0 [batch, u], dc0 [batch, u])`.
     """
-    z_i, z_f, z_c, z_o = tf.split(zs, 4, axis=-1)  # [time, batch, u] each
-    i, f, o, g = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.sigmoid(z_o), tf.tanh(z_c)
-    tanh_c = tf.tanh(cs)
+    i, f, g, o, tanh_c = gates  # [time, batch, u] each
     c_prev = tf.concat([c0[None], cs[:-1]], 0)
     # dz = [dc*g*i', dc*c_prev*f', dc*i*g', dh*tanh(c)*o'] and dc += dh * o * tanh'(c):
     factors = tf.concat(
@@ -162,7 +175,7 @@ def _backward(zs, cs, c0, d_hs, d_c, recurrent, keep, steps):
     )  # [time, batch, 4u]
     dc_from_h = o * (1 - tanh_c * tanh_c)  # [time, batch, u]
     if keep is not None:  # a masked step passes dh and dc through and gets no gradient itself
-        keep_f = tf.cast(keep, zs.dtype)  # [time, batch, 1]
+        keep_f = tf.cast(keep, cs.dtype)  # [time, batch, 1]
         factors, dc_from_h = factors * keep_f, dc_from_h * keep_f
         keep_ta = time_array(keep_f, steps, "keep")
         skip_ta = time_array(1 - keep_f, steps, "skip")
@@ -171,7 +184,7 @@ def _backward(zs, cs, c0, d_hs, d_c, recurrent, keep, steps):
     forget_ta = time_array(f, steps, "forget")
     d_hs_ta = time_array(d_hs, steps, "d_hs")
     recurrent_t = tf.transpose(recurrent)  # [4u, u]
-    dz_ta = tf.TensorArray(zs.dtype, size=steps, element_shape=zs.shape[1:], name="dz")
+    dz_ta = tf.TensorArray(recurrent.dtype, size=steps, element_shape=factors.shape[1:])
 
     def body(k, dh, dc, dz_ta):
         t = steps - 1 - k
@@ -181,7 +194,8 @@ def _backward(zs, cs, c0, d_hs, d_c, recurrent, keep, steps):
         else:
             dc_new = dc * keep_ta.read(t) + dh * dc_h_ta.read(t)
         dz = tf.concat([dc_new, dc_new, dc_new, dh], -1) * factor_ta.read(t)  # [batch, 4u]
-        dh_prev = tf.cast(tf.matmul(tf.cast(dz, recurrent_t.dtype), recurrent_t), dz.dtype)
+        dz = tf.cast(dz, recurrent.dtype)  # kept in the matmul dtype
+        dh_prev = tf.cast(tf.matmul(dz, recurrent_t), dh.dtype)
         dc_prev = dc_new * forget_ta.read(t)
         if keep is not None:
             skip = skip_ta.read(t)
