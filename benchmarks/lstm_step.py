@@ -10,8 +10,10 @@ Variants (all with Keras's weights and a right-padded mask, lengths uniform in [
 
 With `--models none,luong`, the same comparison also runs one forward + backward of the whole
 reference model (`translator.model.Seq2Seq`, embeddings 256, encoder 256 per direction, decoder
-512, vocabulary 8,000; batch `--model-batch` sentences, source and target of `--model-time`
-pieces, right-padded), with `model.lstm` "keras" against "fast", per attention kind.
+512, vocabulary 8,000, dropout 0.3; batch `--model-batch` sentences, source and target of
+`--model-time` pieces, right-padded), with `model.lstm` "keras" against "fast", per attention
+kind; `--features luong` the same model without its vocabulary projection (encoder and decoder
+LSTMs, attention), where the LSTM's share of the work is larger.
 
 Every runner is built and warmed up first, then measured in interleaved rounds (round r runs
 `--reps` steps of every runner in turn), so a load change on a shared machine hits all variants
@@ -99,8 +101,9 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def make_runner(variant: str, shape: str, precision: str, batch: int):
-    """A `tf.function` running forward + backward of one layer; returns the loss."""
+def make_runner(variant: str, shape: str, precision: str, batch: int, forward: bool = False):
+    """A `tf.function` running forward + backward (`forward`: forward only, as in decoding's
+    encoder) of one layer; returns the loss."""
     steps, features, units = (int(v) for v in shape.split("x"))
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
     try:
@@ -122,6 +125,8 @@ def make_runner(variant: str, shape: str, precision: str, batch: int):
 
     @tf.function
     def run():
+        if forward:
+            return tf.reduce_sum(tf.cast(layer(x, mask=mask), "float32") * weight)
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(tf.cast(layer(x, mask=mask), "float32") * weight)
@@ -131,8 +136,11 @@ def make_runner(variant: str, shape: str, precision: str, batch: int):
     return run
 
 
-def make_model_runner(kind: str, attention: str, precision: str, batch: int, steps: int):
-    """A `tf.function` running forward + backward of the reference model on a padded batch."""
+def make_model_runner(
+    kind: str, attention: str, precision: str, batch: int, steps: int, features: bool = False
+):
+    """A `tf.function` running forward + backward of the reference model on a padded batch
+    (`features`: without the vocabulary projection, whose cost does not depend on the LSTM)."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
     try:
         keras.utils.set_random_seed(0)
@@ -147,13 +155,19 @@ def make_model_runner(kind: str, attention: str, precision: str, batch: int, ste
         for n in lengths
     )
     labels = tf.roll(target, -1, axis=1)
+    weight = tf.constant(rng.normal(size=(batch, steps, 512)), "float32")
 
     @tf.function
     def run():
         with tf.GradientTape() as tape:
-            logits = model((source, target), training=True)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-            loss = tf.reduce_sum(losses * tf.cast(labels != 0, "float32"))
+            if features:
+                state = model.encode(source, training=True)
+                out, _ = model.decoder.features(target, state, training=True)
+                loss = tf.reduce_sum(tf.cast(out, "float32") * weight)
+            else:
+                logits = model((source, target), training=True)
+                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+                loss = tf.reduce_sum(losses * tf.cast(labels != 0, "float32"))
         grads = tape.gradient(loss, model.trainable_variables)
         return loss + sum(tf.reduce_sum(tf.cast(g, "float32")) * 0.0 for g in grads)
 
@@ -168,7 +182,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="time x features x units")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--precisions", default="float32,bf16")
+    parser.add_argument("--forward", action="store_true", help="layers: forward pass only")
     parser.add_argument("--models", default="", help="attention kinds, e.g. none,luong")
+    parser.add_argument(
+        "--features", default="", help="attention kinds: the model without its projection"
+    )
     parser.add_argument("--model-batch", type=int, default=64)
     parser.add_argument("--model-time", type=int, default=16)
     parser.add_argument("--intra-threads", type=int, default=0, help="0: TensorFlow's default")
@@ -182,19 +200,26 @@ def main(argv=None) -> dict:
     for shape in args.shapes.split(","):
         for precision in args.precisions.split(","):
             for variant in args.variants.split(","):
-                run = make_runner(variant, shape, precision, args.batch)
+                run = make_runner(variant, shape, precision, args.batch, args.forward)
                 run()  # trace
                 run()
                 runners[(variant, shape, precision)] = run
-    for attention in filter(None, args.models.split(",")):
+    parts = [("model", a) for a in filter(None, args.models.split(","))]
+    parts += [("features", a) for a in filter(None, args.features.split(","))]
+    for part, attention in parts:
         for precision in args.precisions.split(","):
             for kind in ("keras", "fast"):
                 run = make_model_runner(
-                    kind, attention, precision, args.model_batch, args.model_time
+                    kind,
+                    attention,
+                    precision,
+                    args.model_batch,
+                    args.model_time,
+                    part == "features",
                 )
                 run()
                 run()
-                runners[(kind, f"model:{attention}", precision)] = run
+                runners[(kind, f"{part}:{attention}", precision)] = run
     times: dict[tuple, list[float]] = {key: [] for key in runners}
     cpu_times: dict[tuple, list[float]] = {key: [] for key in runners}
     for _ in range(args.rounds):
@@ -228,7 +253,8 @@ def main(argv=None) -> dict:
                 tf.config.threading.get_intra_op_parallelism_threads(),
                 tf.config.threading.get_inter_op_parallelism_threads(),
             ],
-            "measure": "ms per forward + backward step, batch-major input with a right-padded "
+            "measure": "ms per forward + backward step (layers: forward only with --forward), "
+            "batch-major input with a right-padded "
             "mask; median over rounds; speedup = median of per-round keras_ms / variant_ms; "
             "cpu_ms: median CPU time (all threads) per step",
         },

@@ -460,7 +460,10 @@ class Decoder(keras.layers.Layer):
             "attention": tf.TensorArray(
                 "float32", size=steps, element_shape=state["attention"].shape
             ),
-            **{f"a{i}": tf.TensorArray(dtype, size=steps) for i in range(len(plans))},
+            **{
+                f"a{i}": tf.TensorArray(dtype, size=steps, element_shape=(None, p.weight.shape[0]))
+                for i, p in enumerate(plans)
+            },
         }
 
         def matmul(i, t, a, arrays):  # plans[i] at step t; a: [batch, k]
