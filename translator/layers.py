@@ -1,7 +1,9 @@
 """Keras layers of the seq2seq model: BiLSTM encoder, bridge, attention and LSTM decoder.
 
 Every LSTM keeps Keras's default activations, no recurrent dropout and `unroll=False`, so GPU
-users get the fused cuDNN kernel. Batches are right-padded with id 0 and masks come from ids.
+users get the fused cuDNN kernel. `lstm` ("auto", "fast", "keras") picks the loop over time:
+`translator.lstm`'s on CPU, Keras's (cuDNN) on a GPU; the weights are the same either way.
+Batches are right-padded with id 0 and masks come from ids.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from translator.constants import PAD_ID
+from translator.lstm import LSTM, StepMatmul, lstm_cell, project, time_array, uses_fast_loop
 
 _NEG_INF = -1e9  # masked attention score: exp() underflows to exactly 0 in float32
 
@@ -45,6 +48,7 @@ class Encoder(keras.layers.Layer):
         units: LSTM units per direction.
         num_layers: number of stacked BiLSTM layers.
         dropout: rate on the embeddings and between layers.
+        lstm: LSTM loop, "auto", "fast" or "keras" (`translator.lstm.LSTM`'s `kind`).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Encoder(keras.layers.Layer):
         units: int,
         num_layers: int = 1,
         dropout: float = 0.0,
+        lstm: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,10 +67,11 @@ class Encoder(keras.layers.Layer):
         self.units = units
         self.num_layers = num_layers
         self.dropout = dropout
+        self.lstm = lstm
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.drop = keras.layers.Dropout(dropout)
         for i in range(num_layers):
-            lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True)
+            lstm = LSTM(units, kind=self.lstm, return_sequences=True, return_state=True)
             setattr(self, f"bilstm_{i}", keras.layers.Bidirectional(lstm, name=f"bilstm_{i}"))
 
     @property
@@ -98,6 +104,7 @@ class Encoder(keras.layers.Layer):
             units=self.units,
             num_layers=self.num_layers,
             dropout=self.dropout,
+            lstm=self.lstm,
         )
         return config
 
@@ -191,9 +198,12 @@ class Decoder(keras.layers.Layer):
     `h{i}`, `c{i}` per layer and, with attention, `memory`, `keys`, `feed` (compute dtype),
     `memory_mask` (bool) and `attention` (float32, the last step's weights).
 
-    Without attention, `call` runs plain `keras.layers.LSTM` layers (cuDNN-compatible). With
-    attention, the previous attentional vector is concatenated to each input embedding, so
-    `call` loops over time with a `tf.while_loop` around the same code as `step`.
+    Without attention, `call` runs `translator.lstm.LSTM` layers (Keras's weights; cuDNN on a
+    GPU). With attention, the previous attentional vector is concatenated to each input
+    embedding, so `call` loops over time with a `tf.while_loop`: around the same code as `step`
+    with `lstm` "keras", or (`_teacher_force_fast`) with the embedding half of the first
+    kernel's input projection computed for all steps before the loop and every weight gradient
+    computed after it in one matmul.
 
     Args:
         vocab_size: target vocabulary size (id 0 is padding).
@@ -205,6 +215,7 @@ class Decoder(keras.layers.Layer):
         tie_embeddings: reuse the embedding matrix as the output projection (after a linear map
             to `embedding_dim` when `units` differs).
         memory_dim: width of the encoder memory (needed with attention).
+        lstm: LSTM loop, "auto", "fast" or "keras" (`translator.lstm.LSTM`'s `kind`).
     """
 
     def __init__(
@@ -217,6 +228,7 @@ class Decoder(keras.layers.Layer):
         attention: str = "none",
         tie_embeddings: bool = False,
         memory_dim: int = 0,
+        lstm: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -232,12 +244,13 @@ class Decoder(keras.layers.Layer):
         self.attention = attention
         self.tie_embeddings = tie_embeddings
         self.memory_dim = memory_dim
+        self.lstm = lstm
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.drop = keras.layers.Dropout(dropout)
         for i in range(num_layers):
             if attention == "none":
-                lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True)
-                setattr(self, f"lstm_{i}", lstm)
+                rnn = LSTM(units, kind=lstm, return_sequences=True, return_state=True)
+                setattr(self, f"lstm_{i}", rnn)
             else:
                 setattr(self, f"cell_{i}", keras.layers.LSTMCell(units, name=f"cell_{i}"))
         if attention != "none":
@@ -252,7 +265,7 @@ class Decoder(keras.layers.Layer):
             self.output_dense = keras.layers.Dense(vocab_size, name="output_dense")
 
     @property
-    def rnns(self) -> list:
+    def rnns(self) -> list[LSTM]:
         """The stacked `LSTM` layers (attention "none"), bottom first."""
         return _numbered(self, "lstm", self.num_layers)
 
@@ -316,10 +329,18 @@ class Decoder(keras.layers.Layer):
             x, (new[f"h{i}"], new[f"c{i}"]) = cell(
                 x, [state[f"h{i}"], state[f"c{i}"]], training=training
             )
+        return self._attention_step(x, state, new)
+
+    def _attention_step(self, x, state, new: dict, combine=None) -> dict:
+        """Attention from the top LSTM output `x` `[batch, units]`; sets `feed`, `attention`.
+
+        `combine` maps `concat([context, x])` to the pre-tanh feed; None uses `self.combine`.
+        """
         context, weights = self.attention_layer(
             x, state["memory"], state["keys"], state["memory_mask"]
         )
-        new["feed"] = self.combine(ops.concatenate([context, x], -1))  # [batch, units]
+        both = ops.concatenate([context, x], -1)  # [batch, memory + units]
+        new["feed"] = self.combine(both) if combine is None else ops.tanh(combine(both))
         new["attention"] = weights  # [batch, src]
         return new
 
@@ -329,7 +350,7 @@ class Decoder(keras.layers.Layer):
         if self.attention == "none":
             new = dict(state)
             for i, rnn in enumerate(self.rnns):
-                x, (new[f"h{i}"], new[f"c{i}"]) = rnn.cell(x, [state[f"h{i}"], state[f"c{i}"]])
+                x, (new[f"h{i}"], new[f"c{i}"]) = rnn.step(x, [state[f"h{i}"], state[f"c{i}"]])
             return self.project(x), new
         new = self._attend(x, state, training=training)
         return self.project(new["feed"]), new
@@ -348,7 +369,10 @@ class Decoder(keras.layers.Layer):
                     x = self.drop(x, training=training)
                 x = rnn(x, initial_state=[state[f"h{i}"], state[f"c{i}"]], training=training)[0]
             return self.drop(x, training=training), None
-        feeds, weights = self._teacher_force(x, state, training)
+        if uses_fast_loop(self.lstm):
+            feeds, weights = self._teacher_force_fast(x, state, training)
+        else:
+            feeds, weights = self._teacher_force(x, state, training)
         return self.drop(feeds, training=training), weights
 
     def call(self, target_in, state, training=False, return_attention=False):
@@ -358,14 +382,18 @@ class Decoder(keras.layers.Layer):
         logits = self.project(features)  # [batch, tgt, vocab]
         return (logits, weights) if return_attention else logits
 
+    def _dropout_masks(self, x, steps, training):
+        """Between-layer dropout masks `[tgt, layers-1, batch, units]` (0 or 1/keep), or None."""
+        if not (training and self.dropout > 0 and self.num_layers > 1):
+            return None
+        ones = ops.ones((steps, self.num_layers - 1, ops.shape(x)[0], self.units), x.dtype)
+        return self.drop(ones, training=True)
+
     def _teacher_force(self, x, state, training):
         """Runs `_attend` over time: x `[batch, tgt, emb]` -> feeds, weights (batch-major)."""
         steps = ops.shape(x)[1]
         inputs = ops.transpose(x, (1, 0, 2))  # [tgt, batch, emb]
-        masks = None
-        if training and self.dropout > 0 and self.num_layers > 1:
-            ones = ops.ones((steps, self.num_layers - 1, ops.shape(x)[0], self.units), x.dtype)
-            masks = self.drop(ones, training=True)  # [tgt, layers-1, batch, units], 0 or 1/keep
+        masks = self._dropout_masks(x, steps, training)
         names = [f"{kind}{i}" for i in range(self.num_layers) for kind in "hc"] + ["feed"]
         carried = {k: state[k] for k in names}  # changes each step; the rest is fixed
         fixed = {k: v for k, v in state.items() if k not in carried}
@@ -389,6 +417,88 @@ class Decoder(keras.layers.Layer):
         weights = ops.transpose(weight_ta.stack(), (1, 0, 2))  # [batch, tgt, src]
         return feeds, weights
 
+    def _step_matmuls(self, inputs, steps, batch) -> list[StepMatmul]:
+        """One `StepMatmul` per LSTM layer, then one for `combine`, weights cast once.
+
+        Layer 0's offsets are the embedding half of its input projection for all steps (one
+        matmul, plus the bias), so its step multiplies only `concat([feed, h])` by
+        `concat([kernel_feed_rows, recurrent_kernel])`; an upper layer's step multiplies
+        `concat([x, h])` by `concat([kernel, recurrent_kernel])`. LSTM offsets are float32 (the
+        cell's elementwise work is, see `translator.lstm.recurrence`).
+        """
+        dtype = inputs.dtype
+        plans = []
+        for i, cell in enumerate(self.cells):
+            kernel, recurrent = ops.cast(cell.kernel, dtype), ops.cast(cell.recurrent_kernel, dtype)
+            if i == 0:  # split, not sliced: the gradient of a split is a cheap concat
+                emb_rows, kernel = tf.split(kernel, [self.embedding_dim, self.units], 0)
+                offsets = project(inputs, emb_rows, ops.cast(cell.bias, dtype))  # [tgt, b, 4u]
+            else:
+                offsets = ops.broadcast_to(cell.bias, (steps, batch, 4 * self.units))
+            weight = ops.concatenate([kernel, recurrent], 0)  # [in + units, 4u]
+            plans.append(StepMatmul(weight, ops.cast(offsets, "float32")))
+        combine = ops.cast(self.combine.kernel, dtype)  # [memory + units, units]
+        plans.append(StepMatmul(combine, ops.zeros((steps, batch, self.units), dtype)))
+        return plans
+
+    def _teacher_force_fast(self, x, state, training):
+        """`_teacher_force` with fewer, larger matmuls (the same results within rounding).
+
+        Weights are cast once before the loop and their gradients computed after it, one
+        matmul each (`_step_matmuls`); the LSTM cell state and elementwise work are float32.
+        """
+        steps = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+        dtype = x.dtype
+        masks = self._dropout_masks(x, steps, training)
+        plans = self._step_matmuls(ops.transpose(x, (1, 0, 2)), steps, ops.shape(x)[0])
+        offset_tas = [time_array(p.offsets, steps, f"offsets_{i}") for i, p in enumerate(plans)]
+        names = [f"{kind}{i}" for i in range(self.num_layers) for kind in "hc"] + ["feed"]
+        carried = {k: ops.cast(state[k], "float32" if k[0] == "c" else dtype) for k in names}
+        fixed = {k: v for k, v in state.items() if k not in carried}
+        arrays = {  # per-step outputs and the per-step matmul inputs StepMatmul needs
+            "feed": tf.TensorArray(dtype, size=steps, element_shape=state["feed"].shape),
+            "attention": tf.TensorArray(
+                "float32", size=steps, element_shape=state["attention"].shape
+            ),
+            **{
+                f"a{i}": tf.TensorArray(dtype, size=steps, element_shape=(None, p.weight.shape[0]))
+                for i, p in enumerate(plans)
+            },
+        }
+
+        def matmul(i, t, a, arrays):  # plans[i] at step t; a: [batch, k]
+            arrays[f"a{i}"] = arrays[f"a{i}"].write(t, a)
+            offsets = offset_tas[i].read(t)
+            return ops.cast(ops.matmul(a, plans[i].weight), offsets.dtype) + offsets
+
+        def body(t, carry, arrays):
+            arrays, new = dict(arrays), {}
+            x = carry["feed"]  # layer 0: only the feed half is left to multiply
+            for i in range(self.num_layers):
+                if i > 0 and masks is not None:
+                    x = x * masks[t][i - 1]
+                a = ops.concatenate([x, carry[f"h{i}"]], -1)  # [batch, in + units]
+                h, new[f"c{i}"] = lstm_cell(matmul(i, t, a, arrays), carry[f"c{i}"])
+                x = new[f"h{i}"] = ops.cast(h, dtype)
+            new = self._attention_step(
+                x, {**carry, **fixed}, new, lambda both: matmul(len(plans) - 1, t, both, arrays)
+            )
+            arrays["feed"] = arrays["feed"].write(t, new["feed"])
+            arrays["attention"] = arrays["attention"].write(t, new["attention"])
+            return t + 1, {k: new[k] for k in carry}, arrays
+
+        _, _, arrays = tf.while_loop(
+            lambda t, *_: t < steps,
+            body,
+            (tf.constant(0), carried, arrays),
+            maximum_iterations=steps,
+        )
+        for i, plan in enumerate(plans):
+            plan.set_inputs(arrays[f"a{i}"].stack())  # [tgt, batch, k]
+        feeds = ops.transpose(arrays["feed"].stack(), (1, 0, 2))  # [batch, tgt, units]
+        weights = ops.transpose(arrays["attention"].stack(), (1, 0, 2))  # [batch, tgt, src]
+        return feeds, weights
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -400,5 +510,6 @@ class Decoder(keras.layers.Layer):
             attention=self.attention,
             tie_embeddings=self.tie_embeddings,
             memory_dim=self.memory_dim,
+            lstm=self.lstm,
         )
         return config
