@@ -168,8 +168,10 @@ def make_model_runner(
                 logits = model((source, target), training=True)
                 losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
                 loss = tf.reduce_sum(losses * tf.cast(labels != 0, "float32"))
-        grads = tape.gradient(loss, model.trainable_variables)
-        return loss + sum(tf.reduce_sum(tf.cast(g, "float32")) * 0.0 for g in grads)
+        grads = tape.gradient(loss, model.trainable_variables)  # None: the unused projection
+        return loss + sum(
+            tf.reduce_sum(tf.cast(g, "float32")) * 0.0 for g in grads if g is not None
+        )
 
     return run
 
