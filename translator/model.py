@@ -12,7 +12,8 @@ from keras import ops
 
 from translator.config import ModelConfig
 from translator.constants import ATTENTION_KINDS, decoder_width
-from translator.layers import Bridge, Decoder, Encoder
+from translator.decoder import Decoder
+from translator.layers import Bridge, Encoder
 
 
 @keras.saving.register_keras_serializable(package="translator")
