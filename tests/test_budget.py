@@ -9,7 +9,7 @@ import time
 import pytest
 
 from translator.errors import ConfigError
-from translator.training.budget import SAFETY, BudgetPlanner, parse_minutes
+from translator.training.budget import MIN_SAFETY_SECONDS, SAFETY, BudgetPlanner, parse_minutes
 from translator.training.schedules import BUDGET_FLOOR as FLOOR
 from translator.training.schedules import BudgetSchedule
 
@@ -48,7 +48,7 @@ def test_planner_fills_what_is_left_after_the_reserve():
     planner.record_steps(100, 50.0)  # 0.5 s per update
     planner.record_steps(100, 500.0)  # one slow window does not move the median much
     planner.record_steps(100, 50.0)
-    free = 1000.0 - 400.0 - SAFETY * 1000.0
+    free = 1000.0 - 400.0 - max(SAFETY * 1000.0, MIN_SAFETY_SECONDS)
     assert planner.plan(step=50, steps_per_epoch=100) == 50 + int(free / 0.5)
     planner.record_epoch_overhead(10.0)  # validation: 10 s per 100 updates
     free -= 10.0  # the final validation is reserved too

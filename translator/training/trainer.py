@@ -230,6 +230,7 @@ class Trainer:
             count_batches(encoded, self.config),
             self.started,
             agree,
+            worker_count(self.strategy) == 1,
         )
         if int(self.state.step) == 0:
             budget.calibrate(self._calibrate(encoded), self.validator.cost_estimate())
