@@ -83,7 +83,9 @@ def test_budgeted_run_ends_within_its_budget_with_the_rate_at_its_floor(syntheti
     elapsed = time.monotonic() - started
     assert elapsed <= BUDGET_MINUTES * 60 * (1 + SLACK)
     assert elapsed >= BUDGET_MINUTES * 60 * 0.8  # the budget is used, not wasted
-    assert result.steps == result.budget["planned_steps"] > 100
+    # The plan's last update, or just before it when the time left fell to the reserve first.
+    planned = result.budget["planned_steps"]
+    assert 0.95 * planned <= result.steps <= planned and result.steps > 100
     assert trainer._learning_rate() <= 0.01 * 1.5 * FLOOR  # learning_rate 0.01 at its floor
     last = result.history[-1]
     assert last["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
@@ -126,7 +128,8 @@ def test_resumed_budgeted_run_keeps_the_plan_and_the_clock(synthetic_files, tmp_
     total = spent + time.monotonic() - started
     assert total <= BUDGET_MINUTES * 60 * (1 + SLACK) + 2.0  # + the first run's exit
     assert result.history[-1]["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
-    assert result.steps == result.budget["planned_steps"] > 60
+    planned = result.budget["planned_steps"]
+    assert 0.95 * planned <= result.steps <= planned and result.steps > 60
     assert resumed._learning_rate() <= 0.01 * 1.5 * FLOOR
 
 
