@@ -223,12 +223,8 @@ class TimeBudget:
             )
 
     def done(self, step: int) -> bool:
-        """Whether the planned last update is reached, or (one worker: the others follow the
-        plan) the time left is down to the reserve because the speed fell since the last
-        re-plan."""
-        if step >= self.total_steps:
-            return True
-        return self.single_worker and self.planner.remaining() <= self.planner.reserve()
+        """Whether the planned last update is reached."""
+        return step >= self.total_steps
 
     def before_save(self) -> None:
         """Writes the clock into the schedule's checkpointed variable."""
