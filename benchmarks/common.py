@@ -18,6 +18,9 @@ from translator.config import Config, load_config
 from translator.pipeline import encode_corpus
 from translator.tokenizer import Tokenizers, load_or_train
 
+# The CPU flags that decide the speed of float32 and bfloat16 matmuls.
+SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+
 
 def machine() -> dict:
     """CPU model, cores, memory, library versions and accelerators of this machine."""
@@ -37,6 +40,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "cpu_flags": sorted(flags & SPEED_FLAGS),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
@@ -104,12 +108,25 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def parse_variants(spec: str, recipe: Config, cumulative: bool) -> list[tuple[str, dict]]:
-    """Parses "name:key=value,...;name:...": one (name, train overrides) per variant.
+def with_overrides(base: dict, overrides: dict, **train) -> dict:
+    """A config dict: `base` with a variant's overrides (`train` keys, `model.KEY` keys) and
+    then `train` applied."""
+    model = {k.removeprefix("model."): v for k, v in overrides.items() if k.startswith("model.")}
+    plain = {k: v for k, v in overrides.items() if "." not in k}
+    return {
+        **base,
+        "train": {**base["train"], **plain, **train},
+        "model": {**base["model"], **model},
+    }
 
-    With `cumulative`, each variant starts from the previous one's overrides; otherwise from
-    none. `from=X` starts from variant X's instead. A value "RECIPE" takes the recipe's own
-    value of that key; "true"/"false" are booleans, other values numbers.
+
+def parse_variants(spec: str, recipe: Config, cumulative: bool) -> list[tuple[str, dict]]:
+    """Parses "name:key=value,...;name:...": one (name, overrides) per variant.
+
+    Keys are `train` keys, or `model.KEY` for the model section. With `cumulative`, each
+    variant starts from the previous one's overrides; otherwise from none. `from=X` starts from
+    variant X's instead. A value "RECIPE" takes the recipe's own value of that key;
+    "true"/"false" are booleans, numbers are numbers, anything else a string.
     """
     variants: list[tuple[str, dict]] = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
@@ -120,12 +137,16 @@ def parse_variants(spec: str, recipe: Config, cumulative: bool) -> list[tuple[st
             if key == "from":
                 current = dict(dict(variants)[raw])
                 continue
+            section, _, field = key.rpartition(".")
             if raw == "RECIPE":
-                value = getattr(recipe.train, key)
+                value = getattr(getattr(recipe, section or "train"), field)
             elif raw in ("true", "false"):
                 value = raw == "true"
             else:
-                value = float(raw) if "." in raw else int(raw)
+                try:
+                    value = float(raw) if "." in raw else int(raw)
+                except ValueError:
+                    value = raw
             current[key] = value
         variants.append((name, current))
     return variants

@@ -73,16 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     base["data"] |= {"tfds": None, "train": files["train"], "valid": files["val"]}
     results = {}
     for name, overrides in common.parse_variants(args.variants, recipe, cumulative=False):
-        values = {
-            **base,
-            "train": {
-                **base["train"],
-                **overrides,
-                "early_stopping_patience": 0,
-                "eval_bleu_sentences": 100,  # per-epoch validation: keep it short
-            },
-            "output_dir": os.path.join(work, name),
-        }
+        values = common.with_overrides(
+            base,
+            overrides,
+            early_stopping_patience=0,
+            eval_bleu_sentences=100,  # per-epoch validation: keep it short
+        )
+        values["output_dir"] = os.path.join(work, name)
         if args.model_dir:  # reuse its SentencePiece models: every variant gets the same vocab
             os.makedirs(values["output_dir"], exist_ok=True)
             for file in ("spm.source.model", "spm.target.model"):

@@ -79,9 +79,11 @@ class Server:
     def batching(self, beam: int) -> dict:
         health = httpx.get(self.url + "/health", timeout=10).json()
         stats = health["batching"][str(max(health["versions"]))]
-        # beam 1 goes to the greedy signature; other beams to the exported beam signature.
-        signature = "greedy" if beam == 1 else "beam"
-        return stats.get(signature, {"batches": 0, "sentences": 0, "largest": 0})
+        # beam 1 goes to the greedy decoder, other beams to the exported beam decoder; the
+        # server runs its decode function (`decode_<name>`, its batcher's name on /health).
+        decoder = "greedy" if beam == 1 else "beam"
+        empty = {"batches": 0, "sentences": 0, "largest": 0}
+        return stats.get(f"decode_{decoder}", stats.get(decoder, empty))
 
 
 async def load(url: str, sentences: list[str], beam: int, clients: int, requests: int) -> dict:

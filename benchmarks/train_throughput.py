@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = args.variants + (";" + XLA_VARIANTS if args.xla else "")
     for name, overrides in common.parse_variants(spec, recipe, cumulative=True):
         if args.only in (None, name):
-            values = {**base, "train": {**base["train"], **overrides}}
+            values = common.with_overrides(base, overrides)
             runners.append(ProjectRunner(name, config_from_dict(values), encoded, tokenizers))
     for runner in runners:
         if isinstance(runner, BaselineRunner):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from translator.errors import ConfigError
-from translator.training.budget import SAFETY, BudgetPlanner, parse_minutes
+from translator.training.budget import MIN_SAFETY_SECONDS, SAFETY, BudgetPlanner, parse_minutes
 from translator.training.schedules import BUDGET_FLOOR as FLOOR
 from translator.training.schedules import BudgetSchedule
 
@@ -48,7 +48,7 @@ def test_planner_fills_what_is_left_after_the_reserve():
     planner.record_steps(100, 50.0)  # 0.5 s per update
     planner.record_steps(100, 500.0)  # one slow window does not move the median much
     planner.record_steps(100, 50.0)
-    free = 1000.0 - 400.0 - SAFETY * 1000.0
+    free = 1000.0 - 400.0 - max(SAFETY * 1000.0, MIN_SAFETY_SECONDS)
     assert planner.plan(step=50, steps_per_epoch=100) == 50 + int(free / 0.5)
     planner.record_epoch_overhead(10.0)  # validation: 10 s per 100 updates
     free -= 10.0  # the final validation is reserved too
@@ -83,7 +83,9 @@ def test_budgeted_run_ends_within_its_budget_with_the_rate_at_its_floor(syntheti
     elapsed = time.monotonic() - started
     assert elapsed <= BUDGET_MINUTES * 60 * (1 + SLACK)
     assert elapsed >= BUDGET_MINUTES * 60 * 0.8  # the budget is used, not wasted
-    assert result.steps == result.budget["planned_steps"] > 100
+    # The plan's last update, or just before it when the time left fell to the reserve first.
+    planned = result.budget["planned_steps"]
+    assert 0.95 * planned <= result.steps <= planned and result.steps > 100
     assert trainer._learning_rate() <= 0.01 * 1.5 * FLOOR  # learning_rate 0.01 at its floor
     last = result.history[-1]
     assert last["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
@@ -126,7 +128,8 @@ def test_resumed_budgeted_run_keeps_the_plan_and_the_clock(synthetic_files, tmp_
     total = spent + time.monotonic() - started
     assert total <= BUDGET_MINUTES * 60 * (1 + SLACK) + 2.0  # + the first run's exit
     assert result.history[-1]["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
-    assert result.steps == result.budget["planned_steps"] > 60
+    planned = result.budget["planned_steps"]
+    assert 0.95 * planned <= result.steps <= planned and result.steps > 60
     assert resumed._learning_rate() <= 0.01 * 1.5 * FLOOR
 
 

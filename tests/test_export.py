@@ -229,3 +229,28 @@ def test_parity_sample_is_the_validation_split_or_vocabulary_sentences(
     assert len(sample) == 6 and sample[-1] == "" and all(sample[:-1])
     assert not set(sample) & set(valid)
     assert "cannot read the valid split" in caplog.text
+
+
+def test_attention_signature_is_introspects_attention_map(
+    attention_export, attention_dir, synthetic_files, exported
+):
+    from translator.introspect import attention_map
+
+    texts = synthetic_files["test.src"].read_text().splitlines()[:4]
+    # A batch of sentences of different lengths, run with only tensorflow and tensorflow_text.
+    out = parity.reload_in_subprocess(attention_export / "1", texts, ["attention"])["attention"]
+    api = Translator.load(attention_dir)
+    assert out["translation"] == api.translate(texts, beam_size=1)
+    for i, text in enumerate(texts):
+        want = attention_map(api, text, beam_size=1)
+        src, tgt = out["source_length"][i], out["target_length"][i]
+        assert out["translation"][i] == want.translation
+        assert out["source_pieces"][i][:src] == want.source_pieces
+        assert out["target_pieces"][i][:tgt] == want.target_pieces
+        weights = np.asarray(out["weights"][i])
+        np.testing.assert_allclose(weights[:tgt, :src], want.weights, atol=1e-5)
+        np.testing.assert_allclose(weights[:tgt, :src].sum(axis=1), 1.0, atol=1e-5)
+    signatures = ExportedTranslator.load(attention_export).loaded.signatures
+    assert set(signatures) == {"serving_default", "greedy", "beam", "model_info", "attention"}
+    # A model without attention has no such signature.
+    assert "attention" not in ExportedTranslator.load(exported[1]).loaded.signatures

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from translator.config import ModelConfig
-from translator.layers import Attention, Bridge, Decoder, Encoder
+from translator.decoder import Decoder
+from translator.layers import Attention, Bridge, Encoder
 from translator.model import Seq2Seq, build_model
 
 SRC_VOCAB, TGT_VOCAB = 20, 24

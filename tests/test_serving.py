@@ -138,6 +138,7 @@ def test_status_metadata_health_and_openapi(server):
     assert health["status"] == "ok" and health["versions"] == [1]
     paths = server.get("/openapi.json").json()["paths"]
     assert {"/v1/translate", "/v1/models/{model}:predict", "/health"} <= set(paths)
+    assert {"/v1/attention", "/v1/info"} <= set(paths)
 
 
 def test_translate_route(server, api, sentences):
@@ -157,10 +158,69 @@ def test_translate_route(server, api, sentences):
         assert t["text"] == hyps[0].text
 
 
+def test_translate_confidence_is_the_python_apis(server, api, sentences):
+    for beam_size, n_best in ((1, 1), (5, 3)):
+        r = server.post(
+            "/v1/translate", json={"text": sentences, "beam_size": beam_size, "n_best": n_best}
+        )
+        assert r.status_code == 200, r.text
+        got = r.json()["translations"]
+        want = api.translate(sentences, beam_size=beam_size, n_best=n_best, return_scores=True)
+        for t, hyps in zip(got, want, strict=True):
+            assert t["confidence"] == pytest.approx(hyps[0].confidence, abs=1e-5)
+            for h, w in zip(t["hypotheses"] or [], hyps, strict=False):
+                assert h["confidence"] == pytest.approx(w.confidence, abs=1e-5)
+    assert got[-1]["confidence"] == 0.0  # the empty sentence
+
+
+def test_info_route(server):
+    info = server.get("/v1/info").json()
+    assert info == {
+        "model": "tiny",
+        "version": "1",
+        "source_lang": "xx",
+        "target_lang": "en",
+        "beam_sizes": [1, 5],
+        "default_beam_size": 1,
+        "attention": False,
+        "max_sentences": SETTINGS.max_sentences,
+        "max_chars": SETTINGS.max_chars,
+    }
+
+
+def test_attention_route_refuses_a_model_without_attention(server):
+    r = server.post("/v1/attention", json={"text": "a b c"})
+    assert r.status_code == 400 and "no attention" in r.json()["error"]
+
+
+def test_web_page_and_its_files(server):
+    from translator.serving import page
+
+    r = server.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "require-trusted-types-for 'script'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    html = r.text
+    for name, media_type in page.FILES.items():
+        if name == "index.html":
+            continue
+        assert f"/static/{name}" in html
+        f = server.get(f"/static/{name}")
+        assert f.status_code == 200, name
+        assert f.headers["content-type"].split(";")[0] == media_type.split(";")[0]
+        assert f.headers["content-security-policy"] == csp
+    assert "http:" not in html and "https:" not in html  # nothing from other hosts
+    assert server.get("/static/other.js").status_code == 404
+    assert "/" not in server.get("/openapi.json").json()["paths"]  # the page is not API
+
+
 def test_concurrent_requests_are_batched(server, sentences):
     def stats():
         empty = {"batches": 0, "sentences": 0, "largest": 0}
-        return server.get("/health").json()["batching"]["1"].get("greedy", empty)
+        # /v1/translate runs the decoder's full decode function (log_probs, lengths too)
+        return server.get("/health").json()["batching"]["1"].get("decode_greedy", empty)
 
     before = stats()
     sequential = [
@@ -224,6 +284,11 @@ def test_concurrent_requests_are_batched(server, sentences):
         ("POST", "/v1/translate", {"text": [None]}, 400, "text"),
         ("POST", "/v1/translate", {"text": ["a"] * 17}, 400, "too many"),
         ("POST", "/v1/translate", b"not json", 400, "JSON Parse error"),
+        ("POST", "/v1/attention", {"text": ["a"]}, 400, "text"),
+        ("POST", "/v1/attention", {"text": "a", "beam_size": 1}, 400, "beam_size"),
+        ("POST", "/v1/attention", {"text": "a" * 201}, 400, "201 characters"),
+        ("POST", "/v1/attention", {"text": "  "}, 400, "empty"),
+        ("GET", "/v1/attention", None, 405, ""),
         ("GET", "/v1/translate", None, 405, ""),
         ("GET", "/nothing/here", None, 404, "Malformed request"),
     ],

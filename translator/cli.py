@@ -235,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="HTTP server for an export (TF Serving REST API)")
+    p = sub.add_parser(
+        "serve", help="HTTP server for an export (TF Serving REST API, a web page at /)"
+    )
     p.add_argument("directory", help="export base directory, e.g. saved_models/NAME")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8501)

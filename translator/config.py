@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from translator.constants import ATTENTION_KINDS, decoder_width
+from translator.constants import ATTENTION_KINDS, LSTM_KINDS, decoder_width
 from translator.errors import ConfigError
 
 
@@ -76,6 +76,7 @@ class ModelConfig:
     dropout: float = 0.0  # on embeddings and between layers (never recurrent: keeps cuDNN)
     attention: str = "none"  # none | luong | bahdanau
     tie_embeddings: bool = False  # share target embedding matrix with the output projection
+    lstm: str = "auto"  # auto (fast on CPU, keras on GPU) | fast | keras: same weights
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ _Loader.add_implicit_resolver(
 
 _CHOICES = {
     "model.attention": ATTENTION_KINDS,
+    "model.lstm": LSTM_KINDS,
     "tokenizer.model_type": ("unigram", "bpe"),
     "train.lr_schedule": ("constant", "inverse_sqrt", "plateau"),
     "train.strategy": ("default", "mirrored", "multi_worker"),

@@ -11,6 +11,10 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 ATTENTION_KINDS = ("none", "luong", "bahdanau")
 ATTENTION_SCORES = ATTENTION_KINDS[1:]
 
+# LSTM loop: Keras's (cuDNN on a GPU, its generic loop on CPU), the project's fused CPU loop
+# (translator/lstm.py; same weights), or "auto": the project's on CPU, Keras's on a GPU.
+LSTM_KINDS = ("auto", "fast", "keras")
+
 
 def decoder_width(units: int, decoder_units: int, bridge: bool) -> int:
     """The decoder LSTM width: `decoder_units`, or 2 * `units` (the concatenated forward and

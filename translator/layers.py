@@ -1,16 +1,19 @@
-"""Keras layers of the seq2seq model: BiLSTM encoder, bridge, attention and LSTM decoder.
+"""Keras layers of the seq2seq model: BiLSTM encoder, bridge and attention (the LSTM decoder
+is in `translator.decoder`).
 
 Every LSTM keeps Keras's default activations, no recurrent dropout and `unroll=False`, so GPU
-users get the fused cuDNN kernel. Batches are right-padded with id 0 and masks come from ids.
+users get the fused cuDNN kernel. `lstm` ("auto", "fast", "keras") picks the loop over time:
+`translator.lstm`'s on CPU, Keras's (cuDNN) on a GPU; the weights are the same either way.
+Batches are right-padded with id 0 and masks come from ids.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from translator.constants import PAD_ID
+from translator.lstm import LSTM
 
 _NEG_INF = -1e9  # masked attention score: exp() underflows to exactly 0 in float32
 
@@ -45,6 +48,7 @@ class Encoder(keras.layers.Layer):
         units: LSTM units per direction.
         num_layers: number of stacked BiLSTM layers.
         dropout: rate on the embeddings and between layers.
+        lstm: LSTM loop, "auto", "fast" or "keras" (`translator.lstm.LSTM`'s `kind`).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class Encoder(keras.layers.Layer):
         units: int,
         num_layers: int = 1,
         dropout: float = 0.0,
+        lstm: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,10 +67,11 @@ class Encoder(keras.layers.Layer):
         self.units = units
         self.num_layers = num_layers
         self.dropout = dropout
+        self.lstm = lstm
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.drop = keras.layers.Dropout(dropout)
         for i in range(num_layers):
-            lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True)
+            lstm = LSTM(units, kind=self.lstm, return_sequences=True, return_state=True)
             setattr(self, f"bilstm_{i}", keras.layers.Bidirectional(lstm, name=f"bilstm_{i}"))
 
     @property
@@ -98,6 +104,7 @@ class Encoder(keras.layers.Layer):
             units=self.units,
             num_layers=self.num_layers,
             dropout=self.dropout,
+            lstm=self.lstm,
         )
         return config
 
@@ -178,227 +185,3 @@ class Attention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "kind": self.kind}
-
-
-@keras.saving.register_keras_serializable(package="translator")
-class Decoder(keras.layers.Layer):
-    """Stacked LSTM decoder with optional attention (input feeding) and a vocabulary projection.
-
-    `call(target_in [batch, tgt], state)` teacher-forces a whole sequence and returns float32
-    logits `[batch, tgt, vocab]` (plus float32 attention weights `[batch, tgt, src]` with
-    `return_attention=True`). `step(tokens [batch], state)` advances one token and returns
-    `(logits [batch, vocab], new_state)`. The state is a flat dict built by `initial_state`:
-    `h{i}`, `c{i}` per layer and, with attention, `memory`, `keys`, `feed` (compute dtype),
-    `memory_mask` (bool) and `attention` (float32, the last step's weights).
-
-    Without attention, `call` runs plain `keras.layers.LSTM` layers (cuDNN-compatible). With
-    attention, the previous attentional vector is concatenated to each input embedding, so
-    `call` loops over time with a `tf.while_loop` around the same code as `step`.
-
-    Args:
-        vocab_size: target vocabulary size (id 0 is padding).
-        embedding_dim: width of the target embeddings.
-        units: LSTM width of every decoder layer.
-        num_layers: number of stacked LSTM layers.
-        dropout: rate on the embeddings, between layers and before the projection.
-        attention: "none", "luong" or "bahdanau".
-        tie_embeddings: reuse the embedding matrix as the output projection (after a linear map
-            to `embedding_dim` when `units` differs).
-        memory_dim: width of the encoder memory (needed with attention).
-    """
-
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int,
-        units: int,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        attention: str = "none",
-        tie_embeddings: bool = False,
-        memory_dim: int = 0,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if attention not in ("none", "luong", "bahdanau"):
-            raise ValueError(f"attention must be none, luong or bahdanau, got {attention!r}")
-        if attention != "none" and memory_dim <= 0:
-            raise ValueError("memory_dim must be positive with attention")
-        self.vocab_size = vocab_size
-        self.embedding_dim = embedding_dim
-        self.units = units
-        self.num_layers = num_layers
-        self.dropout = dropout
-        self.attention = attention
-        self.tie_embeddings = tie_embeddings
-        self.memory_dim = memory_dim
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
-        self.drop = keras.layers.Dropout(dropout)
-        for i in range(num_layers):
-            if attention == "none":
-                lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True)
-                setattr(self, f"lstm_{i}", lstm)
-            else:
-                setattr(self, f"cell_{i}", keras.layers.LSTMCell(units, name=f"cell_{i}"))
-        if attention != "none":
-            self.attention_layer = Attention(units, attention, name="attention")
-            self.combine = keras.layers.Dense(
-                units, activation="tanh", use_bias=False, name="combine"
-            )
-        if tie_embeddings:
-            if units != embedding_dim:
-                self.pre_output = keras.layers.Dense(embedding_dim, name="pre_output")
-        else:
-            self.output_dense = keras.layers.Dense(vocab_size, name="output_dense")
-
-    @property
-    def rnns(self) -> list:
-        """The stacked `LSTM` layers (attention "none"), bottom first."""
-        return _numbered(self, "lstm", self.num_layers)
-
-    @property
-    def cells(self) -> list:
-        """The stacked `LSTMCell`s (with attention), bottom first."""
-        return _numbered(self, "cell", self.num_layers)
-
-    def build(self, input_shape):
-        # Everything is built here, not lazily, so no variable is created in the while loop.
-        _build(self.embedding, (None, None))
-        feed = 0 if self.attention == "none" else self.units
-        for i in range(self.num_layers):
-            in_dim = self.embedding_dim + feed if i == 0 else self.units
-            if self.attention == "none":
-                _build(self.rnns[i], (None, None, in_dim))
-            else:
-                _build(self.cells[i], (None, in_dim))
-        if self.attention != "none":
-            _build(self.attention_layer, (None, self.units), (None, None, self.memory_dim))
-            _build(self.combine, (None, self.units + self.memory_dim))
-        if self.tie_embeddings:
-            if self.units != self.embedding_dim:
-                _build(self.pre_output, (None, self.units))
-            self.output_bias = self.add_weight(
-                shape=(self.vocab_size,), initializer="zeros", name="output_bias"
-            )
-        else:
-            _build(self.output_dense, (None, self.units))
-
-    def initial_state(self, contexts, memory=None, memory_mask=None) -> dict:
-        """Flat state dict from per-layer `(h, c)` `[batch, units]` and the encoder memory."""
-        state = {}
-        for i, (h, c) in enumerate(contexts):
-            state[f"h{i}"], state[f"c{i}"] = h, c
-        if self.attention != "none":
-            state["memory"] = memory  # [batch, src, memory_dim]
-            state["keys"] = self.attention_layer.keys(memory)  # [batch, src, units]
-            state["memory_mask"] = ops.cast(memory_mask, "bool")  # [batch, src]
-            state["feed"] = ops.zeros_like(contexts[0][0])  # [batch, units]
-            state["attention"] = ops.zeros(ops.shape(memory_mask), "float32")  # [batch, src]
-        return state
-
-    def project(self, x):
-        """Float32 logits `[..., vocab]` from decoder outputs `[..., units]`."""
-        if not self.tie_embeddings:
-            return ops.cast(self.output_dense(x), "float32")
-        if self.units != self.embedding_dim:
-            x = self.pre_output(x)
-        matrix = ops.cast(self.embedding.embeddings, x.dtype)  # [vocab, emb]
-        logits = ops.matmul(x, ops.transpose(matrix)) + ops.cast(self.output_bias, x.dtype)
-        return ops.cast(logits, "float32")
-
-    def _attend(self, emb, state, masks=None, training=False):
-        """One input-feeding step; `masks` are this step's between-layer dropout masks."""
-        new = dict(state)
-        x = ops.concatenate([emb, ops.cast(state["feed"], emb.dtype)], -1)  # [batch, emb+units]
-        for i, cell in enumerate(self.cells):
-            if i > 0 and masks is not None:
-                x = x * masks[i - 1]
-            x, (new[f"h{i}"], new[f"c{i}"]) = cell(
-                x, [state[f"h{i}"], state[f"c{i}"]], training=training
-            )
-        context, weights = self.attention_layer(
-            x, state["memory"], state["keys"], state["memory_mask"]
-        )
-        new["feed"] = self.combine(ops.concatenate([context, x], -1))  # [batch, units]
-        new["attention"] = weights  # [batch, src]
-        return new
-
-    def step(self, tokens, state: dict, training=False):
-        """Advances one token: `tokens` `[batch]` -> `(logits [batch, vocab] float32, state)`."""
-        x = self.embedding(tokens)  # [batch, emb]
-        if self.attention == "none":
-            new = dict(state)
-            for i, rnn in enumerate(self.rnns):
-                x, (new[f"h{i}"], new[f"c{i}"]) = rnn.cell(x, [state[f"h{i}"], state[f"c{i}"]])
-            return self.project(x), new
-        new = self._attend(x, state, training=training)
-        return self.project(new["feed"]), new
-
-    def features(self, target_in, state, training=False):
-        """Teacher-forced outputs before the vocabulary projection.
-
-        Returns `(features [batch, tgt, units], weights)`, weights being the float32 attention
-        `[batch, tgt, src]` or None; `project(features)` equals `call`'s logits. The trainer
-        projects only the features of real (non-pad) target tokens.
-        """
-        x = self.drop(self.embedding(target_in), training=training)  # [batch, tgt, emb]
-        if self.attention == "none":
-            for i, rnn in enumerate(self.rnns):
-                if i > 0:
-                    x = self.drop(x, training=training)
-                x = rnn(x, initial_state=[state[f"h{i}"], state[f"c{i}"]], training=training)[0]
-            return self.drop(x, training=training), None
-        feeds, weights = self._teacher_force(x, state, training)
-        return self.drop(feeds, training=training), weights
-
-    def call(self, target_in, state, training=False, return_attention=False):
-        if return_attention and self.attention == "none":
-            raise ValueError("return_attention needs a decoder with attention")
-        features, weights = self.features(target_in, state, training=training)
-        logits = self.project(features)  # [batch, tgt, vocab]
-        return (logits, weights) if return_attention else logits
-
-    def _teacher_force(self, x, state, training):
-        """Runs `_attend` over time: x `[batch, tgt, emb]` -> feeds, weights (batch-major)."""
-        steps = ops.shape(x)[1]
-        inputs = ops.transpose(x, (1, 0, 2))  # [tgt, batch, emb]
-        masks = None
-        if training and self.dropout > 0 and self.num_layers > 1:
-            ones = ops.ones((steps, self.num_layers - 1, ops.shape(x)[0], self.units), x.dtype)
-            masks = self.drop(ones, training=True)  # [tgt, layers-1, batch, units], 0 or 1/keep
-        names = [f"{kind}{i}" for i in range(self.num_layers) for kind in "hc"] + ["feed"]
-        carried = {k: state[k] for k in names}  # changes each step; the rest is fixed
-        fixed = {k: v for k, v in state.items() if k not in carried}
-        feed_ta = tf.TensorArray(x.dtype, size=steps, element_shape=state["feed"].shape)
-        weight_ta = tf.TensorArray("float32", size=steps, element_shape=state["attention"].shape)
-
-        def body(t, carry, feed_ta, weight_ta):
-            step_masks = None if masks is None else masks[t]
-            new = self._attend(inputs[t], {**carry, **fixed}, step_masks, training)
-            feed_ta = feed_ta.write(t, new["feed"])
-            weight_ta = weight_ta.write(t, new["attention"])
-            return t + 1, {k: new[k] for k in carry}, feed_ta, weight_ta
-
-        _, _, feed_ta, weight_ta = tf.while_loop(
-            lambda t, *_: t < steps,
-            body,
-            (tf.constant(0), carried, feed_ta, weight_ta),
-            maximum_iterations=steps,
-        )
-        feeds = ops.transpose(feed_ta.stack(), (1, 0, 2))  # [batch, tgt, units]
-        weights = ops.transpose(weight_ta.stack(), (1, 0, 2))  # [batch, tgt, src]
-        return feeds, weights
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            vocab_size=self.vocab_size,
-            embedding_dim=self.embedding_dim,
-            units=self.units,
-            num_layers=self.num_layers,
-            dropout=self.dropout,
-            attention=self.attention,
-            tie_embeddings=self.tie_embeddings,
-            memory_dim=self.memory_dim,
-        )
-        return config

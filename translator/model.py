@@ -12,7 +12,8 @@ from keras import ops
 
 from translator.config import ModelConfig
 from translator.constants import ATTENTION_KINDS, decoder_width
-from translator.layers import Bridge, Decoder, Encoder
+from translator.decoder import Decoder
+from translator.layers import Bridge, Encoder
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -37,6 +38,8 @@ class Seq2Seq(keras.Model):
         dropout: rate on embeddings and between layers (never recurrent: keeps cuDNN).
         attention: "none", "luong" or "bahdanau" (both with input feeding).
         tie_embeddings: share the target embedding matrix with the output projection.
+        lstm: LSTM loop, "auto" (the project's on CPU, Keras's cuDNN on a GPU), "fast" or
+            "keras"; the weights and checkpoints are the same for all three.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Seq2Seq(keras.Model):
         dropout: float = 0.0,
         attention: str = "none",
         tie_embeddings: bool = False,
+        lstm: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,8 +73,9 @@ class Seq2Seq(keras.Model):
         self.dropout = dropout
         self.attention = attention
         self.tie_embeddings = tie_embeddings
+        self.lstm = lstm
         self.encoder = Encoder(
-            source_vocab_size, embedding_dim, units, encoder_layers, dropout, name="encoder"
+            source_vocab_size, embedding_dim, units, encoder_layers, dropout, lstm, name="encoder"
         )
         for i in range(decoder_layers if bridge else 0):  # attributes, not a list: checkpoints
             setattr(self, f"bridge_{i}", Bridge(width, name=f"bridge_{i}"))
@@ -83,6 +88,7 @@ class Seq2Seq(keras.Model):
             attention,
             tie_embeddings,
             memory_dim=2 * units,
+            lstm=lstm,
             name="decoder",
         )
 
@@ -151,6 +157,7 @@ class Seq2Seq(keras.Model):
             dropout=self.dropout,
             attention=self.attention,
             tie_embeddings=self.tie_embeddings,
+            lstm=self.lstm,
         )
         return config
 
@@ -176,6 +183,7 @@ def build_model(config: ModelConfig, source_vocab_size: int, target_vocab_size: 
         dropout=config.dropout,
         attention=config.attention,
         tie_embeddings=config.tie_embeddings,
+        lstm=config.lstm,
         name="seq2seq",
     )
     dummy = tf.ones((1, 2), tf.int32)  # [batch, time], no padding

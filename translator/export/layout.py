@@ -38,6 +38,9 @@ DEFAULT_SIGNATURE = "serving_default"
 GREEDY_SIGNATURE = "greedy"
 BEAM_SIGNATURE = "beam"
 INFO_SIGNATURE = "model_info"
+# An attention model's export also has this signature: text [batch] -> the greedy translation,
+# its source and target pieces and the teacher-forced attention weights [batch, tgt, src].
+ATTENTION_SIGNATURE = "attention"
 
 
 def decode_function(signature: str) -> str:

@@ -13,6 +13,8 @@ raw translations back. Signatures (all string inputs named `text`, shape [batch]
   could not fill are "" with score -inf).
 - `model_info`: no input; languages, vocabulary fingerprints, training steps, export time and
   the decoding options of every signature (`decoders`, JSON).
+- `attention`, for an attention model only: the greedy translation of each sentence with the
+  teacher-forced attention weights [batch, tgt, src] and both sides' pieces (`attention.py`).
 
 Each decoding signature wraps `api.build_translate_function`, the code path the Python API runs,
 and is also saved as a plain function `decode_<signature>` returning that function's full dict,
@@ -41,8 +43,10 @@ import tensorflow as tf
 from translator import __version__
 from translator.api import Translator
 from translator.errors import ExportError, ModelDirError
+from translator.export.attention import build_attention_function
 from translator.export.layout import (
     ASSETS_DIR,
+    ATTENTION_SIGNATURE,
     BEAM_SIGNATURE,
     DEFAULT_SIGNATURE,
     GREEDY_SIGNATURE,
@@ -85,7 +89,18 @@ def _export_module(
     constants = {k: tf.constant(v) for k, v in info.items()}
     model_info = tf.function(lambda: dict(constants), input_signature=[])
     signatures[INFO_SIGNATURE] = model_info.get_concrete_function()
+    if translator_.model.attention != "none":
+        signatures[ATTENTION_SIGNATURE] = _attention(translator_).get_concrete_function()
     return module, signatures
+
+
+def _attention(translator_: Translator) -> tf.types.experimental.GenericFunction:
+    """The `attention` signature's function, over the greedy decoder's translations."""
+    d = translator_.config.decode
+    greedy = translator_.translate_function(1, 1, d.length_penalty, d.max_length_ratio)
+    return build_attention_function(
+        translator_.model, translator_.tokenizers, greedy, d.max_source_length
+    )
 
 
 def _best_only(fn) -> tf.types.experimental.GenericFunction:

@@ -1,4 +1,4 @@
-"""HTTP server for an export: TensorFlow Serving's REST API, plus `/v1/translate` and `/health`.
+"""HTTP server for an export: TensorFlow Serving's REST API, `/v1/translate`, a web page and more.
 
 `serve("saved_models/NAME")` serves the export base directory as model NAME (FastAPI on
 uvicorn, 127.0.0.1:8501 by default):
@@ -7,22 +7,29 @@ uvicorn, 127.0.0.1:8501 by default):
   requests with an optional `signature_name`; answers `{"predictions": ...}` or
   `{"outputs": ...}` as TF Serving does. String inputs may also be `{"b64": ...}`.
 - `GET /v1/models/NAME[/versions/N]` (version status) and `.../metadata` (signature defs).
-- `POST /v1/translate` (`{"text": [...], "beam_size": k, "n_best": n}`), `GET /health`,
-  `GET /openapi.json` and `/docs`.
+- `POST /v1/translate` (`{"text": [...], "beam_size": k, "n_best": n}`): translations with
+  their score and confidence (log-probability per output piece, as the Python API's), run
+  through each decoder's full decode function; `GET /health`, `GET /openapi.json` and `/docs`.
+- `GET /v1/info`: languages, beam sizes, whether the model has attention, request limits.
+- `POST /v1/attention` (`{"text": "..."}`), for an attention model's export: the greedy
+  translation with its source and target pieces and attention weights [target, source].
+- `GET /`: a web page to try the model (`page`: static files, no build step, works offline).
 
 Versions: the highest complete version on disk is served (`keep_versions` of the newest stay
 loaded); a poller loads a newly exported version in the background, warms it up and only then
 swaps it in, so no request waits and no restart is needed. Concurrent requests go through a
-dynamic batcher per signature (up to `max_batch_size` sentences, waiting at most `max_wait_ms`
-for the first sentence's companions). Client mistakes get a 4xx `{"error": ...}`, never a 5xx;
-URLs never name files (model names and versions are looked up among the loaded ones), and
-nothing but the SavedModel itself (protobuf graph and variables) is read: no pickle, no code.
+dynamic batcher per signature or decode function (up to `max_batch_size` sentences, waiting at
+most `max_wait_ms` for the first sentence's companions). Client mistakes get a 4xx
+`{"error": ...}`, never a 5xx; URLs never name files (model names and versions are looked up
+among the loaded ones), and nothing but the SavedModel itself (protobuf graph and variables) is
+read: no pickle, no code (the page's files are this package's own, read once at start-up).
 Non-finite scores (empty n-best slots) are sent as null, since JSON has no -Infinity.
 
 Modules, one job each: `settings` (ServeSettings), `batching` (the dynamic batcher),
 `repository` (loading and refreshing versions), `rest` (request parsing, TF Serving JSON,
-schemas, ApiError), `app` (the FastAPI app and its routes), `server` (`serve`: socket, uvicorn,
-signals). Importing this package imports no TensorFlow; loading a version does.
+schemas, ApiError), `app` (the FastAPI app and its routes), `page` (the web page's routes and
+headers), `server` (`serve`: socket, uvicorn, signals). Importing this package imports no
+TensorFlow; loading a version does.
 """
 
 from translator.serving.app import create_app

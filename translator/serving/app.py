@@ -1,8 +1,9 @@
-"""The FastAPI app: routes of TF Serving's REST API, /v1/translate and /health.
+"""The FastAPI app: routes of TF Serving's REST API, /v1/translate, /v1/attention, /v1/info,
+/health, and the web page (`page`).
 
 `create_app` loads the export base directory into a `ModelRepository` kept in `app.state`
 (with the `ServeSettings`), starts the version poller for the app's lifetime and installs the
-routes of `router`, which read both from `request.app.state`.
+routes of `router` and `page.router`, which read both from `request.app.state`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,23 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from translator.errors import ModelDirError
-from translator.export.layout import NoDecoderError, is_version_name, pick_decoder
-from translator.serving import rest
+from translator.export.layout import (
+    ATTENTION_SIGNATURE,
+    DEFAULT_SIGNATURE,
+    NoDecoderError,
+    is_version_name,
+    pick_decoder,
+)
+from translator.serving import page, rest
 from translator.serving.repository import ModelRepository, ServedVersion
-from translator.serving.rest import ApiError, TranslateRequest, TranslateResponse
+from translator.serving.rest import (
+    ApiError,
+    AttentionRequest,
+    AttentionResponse,
+    ServerInfo,
+    TranslateRequest,
+    TranslateResponse,
+)
 from translator.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +74,9 @@ def create_app(directory: str | Path, settings: ServeSettings | None = None) -> 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_error)
+    page.files()  # read the web page's files now: no request opens a file
     app.include_router(router)
+    app.include_router(page.router)
     return app
 
 
@@ -223,12 +239,62 @@ async def translate(request: Request) -> TranslateResponse:
         signature = pick_decoder(served.decoders, req.beam_size, req.n_best)
     except NoDecoderError as exc:
         raise ApiError(400, str(exc)) from None
-    rows = await served.batcher(signature, settings).submit(texts)
+    rows = await served.decoder_batcher(signature, settings).submit(texts)
     return TranslateResponse(
         model=repo.name,
         version=str(served.version),
         beam_size=served.decoders[signature].beam_size,
         translations=rest.translations(rows, req.n_best),
+    )
+
+
+@router.post(
+    "/v1/attention",
+    response_model=AttentionResponse,
+    openapi_extra=rest.body_doc(AttentionRequest),
+)
+async def attention(request: Request) -> AttentionResponse:
+    """The attention weights [target, source] of an attention model while it translates one
+    sentence greedily, with both sides' pieces (400 for a model without attention)."""
+    settings: ServeSettings = request.app.state.settings
+    repo: ModelRepository = request.app.state.repository
+    body = await rest.read_json(request, settings.max_body_bytes)
+    text = rest.attention_request(body, settings)
+    served = repo.get(None)
+    if ATTENTION_SIGNATURE not in served.specs:
+        raise ApiError(
+            400,
+            "this model has no attention to show: it was trained with model.attention none "
+            "(or exported before exports carried attention)",
+        )
+    (row,) = await served.batcher(ATTENTION_SIGNATURE, settings).submit([text])
+    return AttentionResponse(
+        model=repo.name, version=str(served.version), **rest.attention_response(row)
+    )
+
+
+@router.get("/v1/info", response_model=ServerInfo)
+async def info(request: Request) -> ServerInfo:
+    """What the served version offers: languages, beam sizes, attention, request limits."""
+    settings: ServeSettings = request.app.state.settings
+    repo: ModelRepository = request.app.state.repository
+    served = repo.get(None)
+    default = served.decoders.get(DEFAULT_SIGNATURE)
+
+    def text(key: str) -> str | None:
+        value = served.info.get(key)
+        return value if isinstance(value, str) else None
+
+    return ServerInfo(
+        model=repo.name,
+        version=str(served.version),
+        source_lang=text("source_lang"),
+        target_lang=text("target_lang"),
+        beam_sizes=sorted({options.beam_size for options in served.decoders.values()}),
+        default_beam_size=default.beam_size if default else None,
+        attention=ATTENTION_SIGNATURE in served.specs,
+        max_sentences=settings.max_sentences,
+        max_chars=settings.max_chars,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from translator.export.layout import DecodeOptions, list_versions
+from translator.export.layout import DecodeOptions, decode_function, list_versions
 from translator.serving.batching import Batcher
 from translator.serving.rest import ApiError, SignatureSpec, plain
 from translator.serving.settings import ServeSettings
@@ -59,15 +59,37 @@ class ServedVersion:
         out = self.loaded.signatures[signature](**kwargs)
         return {k: v.numpy() for k, v in out.items()}
 
+    def decode(self, decoder: str, values: list[str]) -> dict[str, np.ndarray]:
+        """Runs a decoder's full decode function synchronously: translations, scores,
+        log_probs and lengths [batch, n_best], source_lengths [batch]."""
+        import tensorflow as tf  # noqa: PLC0415
+
+        out = getattr(self.loaded, decode_function(decoder))(tf.constant(values, tf.string))
+        return {k: v.numpy() for k, v in out.items()}
+
+    def has_decode_function(self, decoder: str) -> bool:
+        """Whether the export saved `decoder`'s decode function (every export of this package
+        does; a SavedModel from elsewhere may have the signature only)."""
+        return hasattr(self.loaded, decode_function(decoder))
+
     def batcher(self, signature: str, settings: ServeSettings) -> Batcher:
         """The batcher of one signature, created on first use."""
-        if signature not in self.batchers:
-            self.batchers[signature] = Batcher(
-                lambda values: self.call(signature, values),
-                settings.max_batch_size,
-                settings.max_wait_ms / 1000.0,
+        return self._batcher(signature, lambda values: self.call(signature, values), settings)
+
+    def decoder_batcher(self, decoder: str, settings: ServeSettings) -> Batcher:
+        """The batcher /v1/translate uses for a decoder: its decode function (whose log_probs
+        and lengths give the confidence) under that function's name, else its signature."""
+        if not self.has_decode_function(decoder):
+            return self.batcher(decoder, settings)
+        name = decode_function(decoder)
+        return self._batcher(name, lambda values: self.decode(decoder, values), settings)
+
+    def _batcher(self, key: str, run, settings: ServeSettings) -> Batcher:
+        if key not in self.batchers:
+            self.batchers[key] = Batcher(
+                run, settings.max_batch_size, settings.max_wait_ms / 1000.0
             )
-        return self.batchers[signature]
+        return self.batchers[key]
 
 
 def _decoders(info: dict[str, Any]) -> dict[str, DecodeOptions]:
@@ -109,6 +131,9 @@ def load_version(path: Path, version: int) -> ServedVersion:
     for name, spec in specs.items():  # the first call of a function is slow: pay it now
         if spec.batched_text:
             served.call(name, ["warm up"])
+    for name in served.decoders:
+        if served.has_decode_function(name):
+            served.decode(name, ["warm up"])
     return served
 
 

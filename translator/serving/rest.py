@@ -219,13 +219,17 @@ class Hypothesis(BaseModel):
 
     text: str
     score: float | None
+    # Log-probability per output piece, end of sentence included, as the Python API's
+    # `Hypothesis.confidence`; exp(confidence) is the geometric mean piece probability.
+    confidence: float | None = None
 
 
 class Translation(BaseModel):
-    """The best translation of one input (empty for a blank input) and its score."""
+    """The best translation of one input (empty for a blank input), its score and confidence."""
 
     text: str
     score: float | None
+    confidence: float | None = None  # as Hypothesis.confidence
     hypotheses: list[Hypothesis] | None = None  # with n_best > 1, best first
 
 
@@ -236,6 +240,40 @@ class TranslateResponse(BaseModel):
     version: str
     beam_size: int
     translations: list[Translation]
+
+
+class AttentionRequest(BaseModel):
+    """Body of POST /v1/attention: one sentence."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str
+
+
+class AttentionResponse(BaseModel):
+    """Response of POST /v1/attention: the attention of an attention model while it translates
+    `text` greedily (the translation the weights belong to is `translation`)."""
+
+    model: str
+    version: str
+    translation: str
+    source_pieces: list[str]  # SentencePiece pieces of the source, "</s>" last
+    target_pieces: list[str]  # pieces of the translation, "</s>" last when it was emitted
+    weights: list[list[float]]  # [target, source]: row t while predicting target piece t
+
+
+class ServerInfo(BaseModel):
+    """Response of GET /v1/info: what the served model offers (the web page reads it)."""
+
+    model: str
+    version: str
+    source_lang: str | None  # from the export's model_info
+    target_lang: str | None
+    beam_sizes: list[int]  # the beam sizes /v1/translate accepts, ascending
+    default_beam_size: int | None  # beam size of the export's default decoding
+    attention: bool  # POST /v1/attention is available (an attention model's export)
+    max_sentences: int  # limits of a request, per request and per sentence
+    max_chars: int
 
 
 class PredictRequest(BaseModel):
@@ -258,12 +296,7 @@ def body_doc(model: type[BaseModel]) -> dict:
 
 def translate_request(body: Any, settings: ServeSettings) -> tuple[TranslateRequest, list[str]]:
     """The checked /v1/translate request and its texts."""
-    try:
-        req = TranslateRequest.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ApiError(400, f"invalid request: {where}: {first['msg']}") from None
+    req = _validated(TranslateRequest, body)
     values = texts(req.text, "text", settings)
     if req.beam_size is not None and req.beam_size < 1:
         raise ApiError(400, f"beam_size must be >= 1, got {req.beam_size}")
@@ -272,20 +305,72 @@ def translate_request(body: Any, settings: ServeSettings) -> tuple[TranslateRequ
     return req, values
 
 
+def _validated(model: type[BaseModel], body: Any) -> Any:
+    """`body` validated as `model`; the first problem as an ApiError 400."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, f"invalid request: {where}: {first['msg']}") from None
+
+
+def attention_request(body: Any, settings: ServeSettings) -> str:
+    """The checked sentence of a /v1/attention request (non-blank, within the limits)."""
+    req = _validated(AttentionRequest, body)
+    text = _text(req.text, "text", settings)
+    if not text.strip():
+        raise ApiError(400, "text is empty: attention needs a sentence")
+    return text
+
+
+def attention_response(row: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an `AttentionResponse` from one row of the `attention` signature, its
+    padding cut off with `source_length` and `target_length`."""
+    src, tgt = int(row["source_length"]), int(row["target_length"])
+    return {
+        "translation": plain(row["translation"]),
+        "source_pieces": plain(row["source_pieces"][:src]),
+        "target_pieces": plain(row["target_pieces"][:tgt]),
+        "weights": plain(np.asarray(row["weights"], np.float64)[:tgt, :src]),
+    }
+
+
 def translations(rows: list[dict[str, Any]], n_best: int) -> list[Translation]:
-    """One `Translation` per output row of a decoder (greedy or n-best), keeping `n_best`."""
+    """One `Translation` per output row of a decoder, keeping `n_best` hypotheses.
+
+    A row is a best-only signature's (`translation`, `score`), an n-best signature's
+    (`translations`, `scores`) or a decode function's, which adds `log_probs` and `lengths`
+    (output pieces, EOS not counted) and so the confidence.
+    """
     result = []
     for row in rows:
         if "translations" in row:
+            texts, scores = row["translations"], row["scores"]
+            confidences = (
+                [confidence(p, n) for p, n in zip(row["log_probs"], row["lengths"], strict=True)]
+                if "log_probs" in row and "lengths" in row
+                else [None] * len(texts)
+            )
             hyps = [
-                Hypothesis(text=plain(t), score=plain(s))
-                for t, s in zip(row["translations"], row["scores"], strict=True)
+                Hypothesis(text=plain(t), score=plain(s), confidence=c)
+                for t, s, c in zip(texts, scores, confidences, strict=True)
             ][:n_best]
         else:
             hyps = [Hypothesis(text=plain(row["translation"]), score=plain(row["score"]))]
+        best = hyps[0]
         result.append(
             Translation(
-                text=hyps[0].text, score=hyps[0].score, hypotheses=hyps if n_best > 1 else None
+                text=best.text,
+                score=best.score,
+                confidence=best.confidence,
+                hypotheses=hyps if n_best > 1 else None,
             )
         )
     return result
+
+
+def confidence(log_prob: Any, length: Any) -> float | None:
+    """Log-probability per output piece, EOS included (the Python API's definition); None
+    where there is no hypothesis (log-probability -inf)."""
+    return plain(float(log_prob) / (int(length) + 1))

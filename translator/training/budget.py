@@ -28,8 +28,10 @@ from translator.training.schedules import BudgetSchedule
 
 log = logging.getLogger(__name__)
 
-# The share of the budget kept free of planned work, for the noise in measured speeds.
+# The share of the budget kept free of planned work, for the noise in measured speeds, and
+# its floor in seconds (the end of a run costs some seconds whatever the budget).
 SAFETY = 0.02
+MIN_SAFETY_SECONDS = 5.0
 # Updates per speed measurement and re-plan (a multiple-worker run agrees on the plan there).
 WINDOW = 20
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|sec|m|min|h)?\s*$")
@@ -98,7 +100,7 @@ class BudgetPlanner:
         """Seconds kept for after the last update: one end-of-epoch cost (the final validation
         and checkpoint), plus the safety share of the budget."""
         end = self.epoch_overheads[-1] if self.epoch_overheads else 0.0
-        return end + SAFETY * self.budget_seconds
+        return end + max(SAFETY * self.budget_seconds, MIN_SAFETY_SECONDS)
 
     def plan(self, step: int, steps_per_epoch: int | None) -> int | None:
         """The planned total number of updates, or None before any speed is measured.
@@ -132,6 +134,8 @@ class TimeBudget:
         steps_per_epoch: global batches in one epoch.
         started: `time.monotonic()` at the start of the process.
         agree: maps the planned total to the chief's value on every worker (identity for one).
+        single_worker: whether this is the only worker (then a fall in speed between two
+            re-plans also ends the run when the time left is down to the reserve).
     """
 
     def __init__(
@@ -141,8 +145,10 @@ class TimeBudget:
         steps_per_epoch: int,
         started: float,
         agree: Callable[[int], int] = lambda total: total,
+        single_worker: bool = True,
     ):
         self.schedule, self.steps_per_epoch, self.agree = schedule, steps_per_epoch, agree
+        self.single_worker = single_worker
         self.minutes = config.time_budget
         spent = float(schedule.spent_seconds.numpy())
         self.planner = BudgetPlanner(config.time_budget * 60.0, spent, started)

@@ -237,6 +237,7 @@ class Trainer:
             count_batches(pairs, self.config, worker_count(self.strategy)),
             self.started,
             agree,
+            worker_count(self.strategy) == 1,
         )
         if int(self.state.step) == 0:
             budget.calibrate(self._calibrate(pairs), self.validator.cost_estimate())
