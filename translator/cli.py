@@ -65,6 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"output_dir={args.output_dir}")
     if args.time_budget:
         overrides.append(f"train.time_budget={parse_minutes(args.time_budget)}")
+    if args.init_from:
+        overrides.append(f"train.init_from={json.dumps(args.init_from)}")
+    if args.init_checkpoint:
+        overrides.append(f"train.init_checkpoint={args.init_checkpoint}")
     config = load_config(args.config, overrides)
     result = train(config, progress=not args.no_progress, started=args.started)
     summary = {
@@ -194,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-budget",
         metavar="DURATION",
         help="train for the best model in this time, e.g. 30m or 1.5h (train.time_budget)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="fine-tune: start from this trained model's weights and SentencePiece models "
+        "(train.init_from)",
+    )
+    p.add_argument(
+        "--init-checkpoint",
+        choices=("best", "latest"),
+        help="the --init-from model's checkpoint to start from (default: best)",
     )
     p.set_defaults(func=cmd_train)
 

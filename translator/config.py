@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from translator.constants import ATTENTION_KINDS, LSTM_KINDS, decoder_width
+from translator.constants import ATTENTION_KINDS, CHECKPOINT_CHOICES, LSTM_KINDS, decoder_width
 from translator.errors import ConfigError
 
 
@@ -110,6 +110,10 @@ class TrainConfig:
     jit_compile: bool = False  # XLA for the train step (batches then padded to fixed shapes)
     packed_loss: bool = True  # vocabulary projection + softmax only at real (non-pad) tokens
     bucket_width: int = 8  # length buckets are multiples of this many pieces
+    # fine-tuning: start from this trained model directory's weights and SentencePiece models
+    # (the model and vocabulary keys must match; see training/init_from.py)
+    init_from: str | None = None
+    init_checkpoint: str = "best"  # best | latest: the init model's checkpoint to start from
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,7 @@ _CHOICES = {
     "train.lr_schedule": ("constant", "inverse_sqrt", "plateau"),
     "train.strategy": ("default", "mirrored", "multi_worker"),
     "train.mixed_precision": ("auto", True, False),
+    "train.init_checkpoint": CHECKPOINT_CHOICES,
 }
 
 

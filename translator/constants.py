@@ -15,6 +15,10 @@ ATTENTION_SCORES = ATTENTION_KINDS[1:]
 # (translator/lstm.py; same weights), or "auto": the project's on CPU, Keras's on a GPU.
 LSTM_KINDS = ("auto", "fast", "keras")
 
+# A trained model directory's checkpoints a model is loaded (or fine-tuned) from: the best
+# (averaged, else best validation BLEU, else latest) or the latest (see model_dir.py).
+CHECKPOINT_CHOICES = ("best", "latest")
+
 
 def decoder_width(units: int, decoder_units: int, bridge: bool) -> int:
     """The decoder LSTM width: `decoder_units`, or 2 * `units` (the concatenated forward and

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from translator.config import load_config
+from translator.constants import CHECKPOINT_CHOICES  # noqa: F401  (re-exported)
 from translator.errors import ModelDirError
 
 CONFIG_FILE = "config.yaml"
@@ -29,7 +30,6 @@ BEST_DIR = "best"
 AVERAGED_DIR = "averaged"
 LOGS_DIR = "logs"
 HISTORY_FILE = "history.json"
-CHECKPOINT_CHOICES = ("best", "latest")
 
 
 def is_model_dir(directory: str | Path) -> bool:

@@ -12,4 +12,5 @@ the choice of precision is translator.precision).
 - budget.py: training under a time budget (the clock, the planner, the budget schedule)
 - data.py: corpora, tokenizers, encoded pairs, each epoch's batches
 - output_dir.py: output directory checks, the other workers' scratch directory
+- init_from.py: fine-tuning: the init model's checks, tokenizers and weights
 """

@@ -44,10 +44,17 @@ EpochBatches = tf.data.Dataset | Callable[[int, int], tf.data.Dataset]
 
 
 def load_data(
-    config: Config, output_dir: Path, work_dir: Path, is_chief: bool
+    config: Config,
+    output_dir: Path,
+    work_dir: Path,
+    is_chief: bool,
+    init_tokenizers: Tokenizers | None = None,
 ) -> tuple[Tokenizers, TrainingPairs, data_lib.ParallelCorpus | None]:
     """Scans the training corpus, reads the validation corpus, loads or trains the tokenizers,
     and prepares the training pairs (in memory or streamed).
+
+    `init_tokenizers`: a fine-tuning run's (training/init_from.py), used as they are and
+    copied into the output directory (on the chief) instead of training any.
 
     Returns:
         The tokenizers, the training pairs (length-filtered), and the validation corpus (None
@@ -76,6 +83,11 @@ def load_data(
     # Other workers read the chief's vocabulary when they see it (shared or resumed
     # output_dir) and otherwise train the same one (the sample and SentencePiece training
     # are deterministic); the trainer checks that every worker ended up with the same models.
+    if init_tokenizers is not None:
+        tokenizers = init_tokenizers
+        if is_chief and not has_tokenizers(output_dir):
+            tokenizers.save(output_dir)
+        return tokenizers, training_pairs(config, tokenizers, scan), valid
     source = output_dir if is_chief or has_tokenizers(output_dir) else None
     sample = scan.sample
     tokenizers = load_or_train(

@@ -23,6 +23,7 @@ from translator.config import TrainConfig
 from translator.distribute import check_same_everywhere, sync_from_chief
 from translator.model import Seq2Seq
 from translator.model_dir import AVERAGED_DIR, BEST_DIR, CHECKPOINT_DIR
+from translator.training.init_from import InitModel, restore_weights
 from translator.training.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,11 @@ class TrainState:
         ]
 
     def restore(
-        self, strategy: tf.distribute.Strategy, vocabulary: bytes, output_dir: Path | None
+        self,
+        strategy: tf.distribute.Strategy,
+        vocabulary: bytes,
+        output_dir: Path | None,
+        init: InitModel | None = None,
     ) -> None:
         """Restores the latest checkpoint on the chief and hands its state to every worker.
 
@@ -100,11 +105,15 @@ class TrainState:
                 before taking the chief's weights (TrainingError otherwise).
             output_dir: on the chief, the output directory, whose checkpoint directories are
                 first cleared of what killed saves left; None on the other workers.
+            init: a fine-tuning run's init model: its weights are the chief's starting point
+                when the run has no checkpoint of its own yet (a rerun resumes its own).
         """
         if output_dir is not None:
             for name in (CHECKPOINT_DIR, BEST_DIR, AVERAGED_DIR):
                 checkpoints.remove_unreferenced(output_dir / name)
         restored = self.manager.restore_or_initialize()
+        if init is not None and restored is None and output_dir is not None:
+            restore_weights(self.model, init)
         check_same_everywhere(
             strategy, vocabulary, "the SentencePiece models (tokenizer section and training data)"
         )

@@ -4,8 +4,10 @@ The loop is written out (instead of `model.fit`) because Keras 3's `fit` fails u
 MultiWorkerMirroredStrategy; the same code path runs under every strategy.
 
 Resuming: rerunning the same command continues from the last complete checkpoint and ends with
-the step count of an uninterrupted run (see state.py). SIGINT or SIGTERM saves a checkpoint
-after the current step and raises `TrainingInterrupted` (see signals.py).
+the step count of an uninterrupted run (see state.py). Fine-tuning (`train.init_from`) starts a
+new run from another model's weights and SentencePiece models (see init_from.py). SIGINT or
+SIGTERM saves a checkpoint after the current step and raises `TrainingInterrupted` (see
+signals.py).
 
 Several workers (see distribute.py): every worker takes its part of each global batch (of the
 same global batches, or of its own shard of a streamed corpus, see training/data.py); only the
@@ -50,6 +52,7 @@ from translator.training.data import (
     load_data,
 )
 from translator.training.history import Recorder
+from translator.training.init_from import check_init_from
 from translator.training.output_dir import prepare_output_dir, worker_scratch_dir
 from translator.training.schedules import make_schedule
 from translator.training.signals import StopOnSignal, TrainingInterrupted
@@ -98,6 +101,7 @@ class Trainer:
         self.work_dir = self.output_dir
         self.stopped_early = False
         self.budget: TimeBudget | None = None
+        self.init = None  # with train.init_from: the model the run starts from (fit checks it)
 
     def fit(self) -> TrainResult:
         """Trains until `train.max_steps` or `train.epochs`, resuming from the last checkpoint.
@@ -106,6 +110,7 @@ class Trainer:
             TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint was saved first.
             TrainingError: the loss is not finite, or a checkpoint cannot be written.
         """
+        self.init = check_init_from(self.config)  # before anything is written
         if self.is_chief:
             prepare_output_dir(self.config)
             return self._fit()
@@ -145,7 +150,8 @@ class Trainer:
     def _restore(self, tokenizers: Tokenizers) -> None:
         """Restores the latest checkpoint on the chief and hands its state to every worker."""
         vocabulary = tokenizers.source_model + tokenizers.target_model
-        self.state.restore(self.strategy, vocabulary, self.output_dir if self.is_chief else None)
+        output_dir = self.output_dir if self.is_chief else None
+        self.state.restore(self.strategy, vocabulary, output_dir, self.init)
         if self.is_chief and not self._done():
             # Averaged weights from an earlier end of training would be stale after this run.
             shutil.rmtree(self.output_dir / AVERAGED_DIR, ignore_errors=True)
@@ -158,7 +164,11 @@ class Trainer:
         # SentencePiece resources of tokenizers created before it.
         keras.utils.set_random_seed(cfg.seed)
         tokenizers, pairs, valid = load_data(
-            self.config, self.output_dir, self.work_dir, self.is_chief
+            self.config,
+            self.output_dir,
+            self.work_dir,
+            self.is_chief,
+            self.init.tokenizers if self.init else None,
         )
         self._build(tokenizers)
         self.stopped_early, self.budget = False, None
