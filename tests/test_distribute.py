@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config
 
+from translator.api import Translator
 from translator.config import dump_config
 from translator.distribute import make_strategy, read_tf_config
 from translator.errors import ConfigError
@@ -391,3 +392,30 @@ def test_tf_config_is_read(monkeypatch):
     cluster, task_type, index = read_tf_config()
     assert cluster == {"worker": ["localhost:1111", "localhost:2222"]}
     assert (task_type, index) == ("worker", 1)
+
+
+@pytest.mark.slow
+def test_two_workers_fine_tune_from_the_chiefs_init_weights(trained_dir, synthetic_files, tmp_path):
+    """`train.init_from`: the chief reads the init model's weights and hands them over; at
+    learning rate 0 both workers still hold them after two updates."""
+    small = _small_train_set(synthetic_files, tmp_path, pairs=100)
+    no_valid = ("data.valid.source=null", "data.valid.target=null")
+    overrides = (*small, *no_valid, "train.max_steps=2", "train.learning_rate=0")
+    config = tiny_config(synthetic_files, tmp_path / "unused", overrides)
+    dump_config(config, tmp_path / "config.yaml")
+    outs = [tmp_path / "chief", tmp_path / "worker1"]
+    weights = [tmp_path / "w0.npz", tmp_path / "w1.npz"]
+    common = ("train.strategy=multi_worker", "train.cluster_timeout=120")
+    init_from = f"train.init_from={trained_dir}"
+    results = _run_cluster(tmp_path / "config.yaml", tmp_path, outs, weights, (*common, init_from))
+
+    assert [r["steps"] for r in results] == [2, 2]
+    init = Translator.load(trained_dir).model.weights
+    for npz in weights:
+        with np.load(npz) as held:
+            for key, expected in zip(held.files, init, strict=True):
+                np.testing.assert_array_equal(held[key], expected.numpy())
+    assert (outs[0] / "spm.source.model").read_bytes() == (
+        trained_dir / "spm.source.model"
+    ).read_bytes()
+    assert not outs[1].exists()

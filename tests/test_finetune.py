@@ -203,3 +203,15 @@ def test_what_cannot_be_fine_tuned_from_is_refused(trained_dir, shifted_files, t
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and "\n" not in err, err
         assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_a_damaged_init_checkpoint_is_one_clear_error(trained_dir, shifted_files, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained_dir, damaged)
+    for data in (damaged / BEST_DIR).glob("*.data-*"):
+        data.write_bytes(b"not a checkpoint")
+    dump_config(_config(shifted_files, tmp_path / "out"), tmp_path / "c.yaml")
+    assert main(["train", str(tmp_path / "c.yaml"), "--init-from", str(damaged)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: train.init_from checkpoint {damaged / BEST_DIR}/ckpt-"), err
+    assert "does not fit the model" in err and "\n" not in err

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from translator.constants import CHECKPOINT_CHOICES
 from translator.errors import DataError, TranslatorError
 
 
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--init-checkpoint",
-        choices=("best", "latest"),
+        choices=CHECKPOINT_CHOICES,
         help="the --init-from model's checkpoint to start from (default: best)",
     )
     p.set_defaults(func=cmd_train)

@@ -8,9 +8,10 @@ the train settings, and a fresh optimizer, schedule and step counter (the run co
 
 Everything is checked before the run writes anything: the directory is a training directory
 (an export is refused: it holds a SavedModel, not the checkpoints a run restores), it is not the
-output directory, and the new config describes the same model (the keys of SHAPE_KEYS, and the
-vocabulary keys of the tokenizer section). A rerun of an interrupted fine-tuning resumes from
-its own latest checkpoint: the init model is only read when the output directory has none.
+output directory, and the new config describes the same model (every `model` key but
+FREE_MODEL_KEYS, and the tokenizer's VOCABULARY_KEYS). A rerun of an interrupted fine-tuning
+resumes from its own latest checkpoint: the init model is only read when the output directory
+has none.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from translator.config import Config, ModelConfig, load_config
 from translator.constants import decoder_width
-from translator.errors import ConfigError
+from translator.errors import ConfigError, ModelDirError
 from translator.export.layout import resolve_export_dir
 from translator.model import Seq2Seq
 from translator.model_dir import CONFIG_FILE, find_checkpoint, has_tokenizers, is_model_dir
@@ -142,8 +143,15 @@ def restore_weights(model: Seq2Seq, init: InitModel) -> None:
     """Sets every variable of `model` (built) from the init model's checkpoint.
 
     Raises:
-        tf.errors / AssertionError: the checkpoint lacks a variable of `model` (the config
-            checks make this a bug, not a user error).
+        ModelDirError: the checkpoint cannot be read or lacks a variable of `model` (damaged,
+            or written by a version of the package with other layer names).
     """
-    tf.train.Checkpoint(model=model).read(init.checkpoint).assert_existing_objects_matched()
+    try:
+        status = tf.train.Checkpoint(model=model).read(init.checkpoint)
+        status.assert_existing_objects_matched()
+    except (AssertionError, IndexError, ValueError, tf.errors.OpError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelDirError(
+            f"train.init_from checkpoint {init.checkpoint} does not fit the model: {reason}"
+        ) from None
     log.info("fine-tuning from %s (fresh optimizer, schedule and step counter)", init.checkpoint)
