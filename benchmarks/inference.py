@@ -40,6 +40,7 @@ from translator.api import Translator  # noqa: E402
 from translator.config import load_config  # noqa: E402
 from translator.evaluate import score  # noqa: E402
 from translator.export import export_model, list_versions  # noqa: E402
+from translator.export.layout import ASSETS_DIR, INFO_ASSET  # noqa: E402
 from translator.model_dir import CONFIG_FILE  # noqa: E402
 
 
@@ -54,11 +55,12 @@ def export(model_dir: str, base: Path, precision: str) -> dict:
     if not list_versions(base):
         export_model(model_dir, base, precision=precision)
     seconds = round(time.perf_counter() - started, 1)
-    translator = Translator.load(base)
+    version = base / str(list_versions(base)[-1])
+    info = json.loads((version / ASSETS_DIR / INFO_ASSET).read_text(encoding="utf-8"))
     return {
-        "path": str(base / str(list_versions(base)[-1])),
-        "precision": translator.precision,
-        "precision_check": json.loads(translator.info.get("precision_check", "{}")),
+        "path": str(version),
+        "precision": info.get("precision", "float32"),
+        "precision_check": info.get("precision_check", {}),
         "export_seconds": seconds,
     }
 
