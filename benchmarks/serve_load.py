@@ -10,6 +10,11 @@ dynamic batching (mean sentences per model call, from /health, warm-up included)
 With `--unbatched` the highest concurrency is also run against a second server started with
 `--max-batch-size 1` (one sentence per model call), which shows what dynamic batching buys.
 
+Before the server starts, the same export is measured in-process (`Translator.load(export)`,
+all `--limit` sentences in one `translate` call per beam size, the median of
+`--in-process-rounds`), and each row reports `of_in_process`: its throughput as a fraction of
+that, so the figure holds on any machine.
+
 Example:
 
     python benchmarks/serve_load.py --export /tmp/exports/m30k \\
@@ -133,6 +138,35 @@ def run_setting(server: Server, sentences, beam: int, clients: int, requests: in
     return {"beam_size": beam, "clients": clients, **result}
 
 
+def in_process(export: str, sentences: list[str], beams: list[int], rounds: int) -> dict:
+    """Sentences/s of the export in this process, per beam size: all `sentences` in one
+    `translate` call (the API's batching), median of `rounds` after one warm-up call."""
+    from translator.api import Translator  # noqa: PLC0415  (TensorFlow: only when measuring)
+
+    translator = Translator.load(export)
+    rates = {}
+    for beam in beams:
+        translator.translate(sentences[:8], beam_size=beam)  # trace the graph
+        times = [common.timed(translator.translate, sentences, beam_size=beam)[0]]
+        times += [
+            common.timed(translator.translate, sentences, beam_size=beam)[0]
+            for _ in range(rounds - 1)
+        ]
+        rates[beam] = round(len(sentences) / statistics.median(times), 2)
+    return rates
+
+
+def summarize(results: list[dict], in_process_rates: dict) -> list[dict]:
+    """`results` with `of_in_process`: served sentences/s over in-process sentences/s of the
+    same beam size (None where that beam was not measured in-process)."""
+    rows = []
+    for row in results:
+        base = in_process_rates.get(row["beam_size"]) or in_process_rates.get(str(row["beam_size"]))
+        fraction = round(row["sentences_per_s"] / base, 3) if base else None
+        rows.append({**row, "of_in_process": fraction})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", required=True, help="export base directory")
@@ -144,7 +178,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--in-process-rounds", type=int, default=3, help="rounds of the in-process measurement"
+    )
     parser.add_argument(
         "--unbatched", action="store_true", help="also run the top concurrency unbatched"
     )
@@ -173,6 +210,9 @@ def main() -> None:
         "server": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
         "results": [],
     }
+    rates = in_process(args.export, sentences, args.beams, args.in_process_rounds)
+    report["in_process_sentences_per_s"] = rates
+    print(json.dumps({"in_process_sentences_per_s": rates}), file=sys.stderr, flush=True)
     with Server(args.export, batching) as server:
         for beam in args.beams:
             for clients in args.clients:
@@ -187,6 +227,7 @@ def main() -> None:
                 row["unbatched"] = True
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 report["results"].append(row)
+    report["results"] = summarize(report["results"], rates)
     print(json.dumps(report, indent=1))
 
 

@@ -154,10 +154,16 @@ def test_cli_export_takes_the_next_free_version(exported, trained_dir, tmp_path,
     (base / ".export-crashed.tmp").mkdir()
     code = main(
         ["export", "--model", str(trained_dir), "--output", str(base), "--parity-sentences", "4"]
+        + ["--precision", "float32"]
     )
     out, _ = capsys.readouterr()
     assert code == 0
-    assert json.loads(out) == {"export": str(base / "8"), "version": 8}
+    assert json.loads(out) == {
+        "export": str(base / "8"),
+        "version": 8,
+        "precision": "float32",
+        "precision_check": {},
+    }
     assert list_versions(base) == [3, 8]
 
 
@@ -172,7 +178,7 @@ def test_failed_parity_check_leaves_nothing_behind(exported, trained_dir, tmp_pa
 
     monkeypatch.setattr(parity, "reload_in_subprocess", wrong)
     with pytest.raises(ExportError, match="parity check failed: signature 'serving_default'"):
-        export_model(trained_dir, base, parity_sentences=4)
+        export_model(trained_dir, base, parity_sentences=4, precision="float32")
     after = {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()}
     assert after == before  # version 1 intact, no version 2, no temporary directory
 
@@ -186,7 +192,7 @@ def test_write_failure_removes_temp_dir_and_new_base(trained_dir, tmp_path, monk
 
     monkeypatch.setattr(writer.tf.saved_model, "save", full_disk)
     with pytest.raises(ExportError, match="No space left on device"):
-        export_model(trained_dir, base)
+        export_model(trained_dir, base, precision="float32")
     assert list(tmp_path.iterdir()) == []  # every directory the export created is gone
 
 
@@ -254,3 +260,48 @@ def test_attention_signature_is_introspects_attention_map(
     assert set(signatures) == {"serving_default", "greedy", "beam", "model_info", "attention"}
     # A model without attention has no such signature.
     assert "attention" not in ExportedTranslator.load(exported[1]).loaded.signatures
+
+
+def test_bfloat16_export_passes_the_precision_gate_and_reports_it(
+    exported, trained_dir, tmp_path, capsys
+):
+    base = tmp_path / "m"
+    flags = ["--parity-sentences", "4", "--precision", "bfloat16"]
+    code = main(["export", "--model", str(trained_dir), "--output", str(base), *flags])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    printed = json.loads(out)
+    assert printed["precision"] == "bfloat16"
+    check = printed["precision_check"]
+    assert check["sentences"] == 100 and check["tolerance"] == 0.3  # the whole valid split
+    assert set(check["decoders"]) == {"serving_default", "beam"}  # greedy is serving_default
+    for row in check["decoders"].values():
+        assert abs(row["bleu_bfloat16"] - row["bleu_float32"]) <= 0.3
+        assert 0.5 <= row["identical"] <= 1.0
+    loaded = Translator.load(base)
+    assert loaded.precision == "bfloat16" and loaded.info["precision"] == "bfloat16"
+    assert json.loads(loaded.info["precision_check"]) == check
+    info = json.loads((base / "1" / "assets" / "export.json").read_text())
+    assert info["precision"] == "bfloat16" and info["precision_check"] == check
+    # float32 exports say so, and have no check to report
+    assert Translator.load(exported[0]).precision == "float32"
+
+
+def test_failed_precision_gate_leaves_nothing_behind(trained_dir, tmp_path, caplog):
+    base = tmp_path / "new" / "m"
+    with pytest.raises(ExportError, match=r"precision check failed: bfloat16 BLEU .* tolerance"):
+        # a negative tolerance no BLEU difference can meet: the gate must fail
+        export_model(trained_dir, base, precision="bfloat16", bleu_tolerance=-1.0)
+    assert list(tmp_path.iterdir()) == []  # no version directory, no base directory
+
+
+def test_bad_precision_is_refused_before_anything_is_written(trained_dir, tmp_path, capsys):
+    with pytest.raises(ExportError, match="precision must be one of auto, bfloat16, float32"):
+        export_model(trained_dir, tmp_path / "m", precision="float16")
+    with pytest.raises(SystemExit) as exit_:  # argparse's choices
+        main(
+            ["export", "--model", str(trained_dir), "--output", str(tmp_path / "m")]
+            + ["--precision", "half"]
+        )
+    assert exit_.value.code == 2 and "--precision" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

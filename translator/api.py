@@ -23,6 +23,7 @@ from translator.export.loaded import ExportedTranslator
 from translator.model import Seq2Seq, build_model
 from translator.model_dir import CONFIG_FILE, find_checkpoint, is_model_dir
 from translator.pipeline import prepare_source
+from translator.precision import dtype_policy, inference_precision, policy_name
 from translator.tokenizer import Tokenizers
 from translator.translating import (
     CHARS_PER_PIECE,
@@ -67,15 +68,11 @@ def build_translate_function(
         kept = tf.minimum(source_lengths, max_source_length)
         limit = tf.cast(tf.math.ceil(max_length_ratio * tf.cast(kept, tf.float32)), tf.int32)
         max_lengths = tf.minimum(limit + LENGTH_MARGIN, max_length)  # [batch]
-        state = model.encode(source, training=False)
+        step, state = model.search_step(model.encode(source, training=False), beam_size)
         if beam_size == 1:
-            result = greedy_search(
-                model.decode_step, state, max_lengths, length_penalty=length_penalty
-            )
+            result = greedy_search(step, state, max_lengths, length_penalty=length_penalty)
         else:
-            result = beam_search(
-                model.decode_step, state, max_lengths, beam_size, length_penalty, n_best
-            )
+            result = beam_search(step, state, max_lengths, beam_size, length_penalty, n_best)
         batch = tf.shape(result.tokens)[0]
         n = tf.shape(result.tokens)[1]
         flat = tf.reshape(result.tokens, [batch * n, -1])
@@ -112,6 +109,11 @@ class Translator(BaseTranslator):
         self.tokenizers = tokenizers
         self._functions: dict[DecodeOptions, tf.types.experimental.GenericFunction] = {}
 
+    @property
+    def precision(self) -> str:
+        """ "bfloat16" or "float32": the dtype the model computes in."""
+        return "bfloat16" if self.model.compute_dtype == "bfloat16" else "float32"
+
     @classmethod
     def load(
         cls, directory: str | Path, checkpoint: str = "best"
@@ -131,12 +133,24 @@ class Translator(BaseTranslator):
         return cls.from_model_dir(directory, checkpoint)
 
     @classmethod
-    def from_model_dir(cls, directory: str | Path, checkpoint: str = "best") -> Translator:
+    def from_model_dir(
+        cls, directory: str | Path, checkpoint: str = "best", precision: str = "float32"
+    ) -> Translator:
         """Loads a trained model directory (config, SentencePiece models, checkpoints).
+
+        Args:
+            directory: the training `output_dir`.
+            checkpoint: "best" or "latest" (see `load`).
+            precision: "float32" (the default: translations as the model was validated),
+                "bfloat16" (matmuls in bfloat16, variables float32; fast where the hardware
+                has it) or "auto" (`precision.inference_precision`: bfloat16 where native).
+                An export records its own (`translator export --precision`).
 
         Raises:
             ModelDirError: `directory` is missing or is not a trained model directory.
+            ValueError: `precision` is not one of auto, bfloat16, float32.
         """
+        chosen, why = inference_precision(precision)
         directory = Path(directory)
         if not directory.is_dir():
             raise ModelDirError(f"model directory not found: {directory}")
@@ -144,12 +158,13 @@ class Translator(BaseTranslator):
             raise ModelDirError(f"{directory} is not a trained model (no {CONFIG_FILE})")
         config = load_config(directory / CONFIG_FILE)
         tokenizers = Tokenizers.load(directory)
-        model = build_model(
-            config.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
-        )
+        with dtype_policy(policy_name(chosen)):
+            model = build_model(
+                config.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
+            )
         path = find_checkpoint(directory, checkpoint)
         tf.train.Checkpoint(model=model).restore(path).expect_partial()
-        log.info("loaded %s", path)
+        log.info("loaded %s in %s (%s)", path, chosen, why)
         return cls(model, tokenizers, config)
 
     def translate_function(

@@ -139,6 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from translator.export import export_model
+    from translator.export.layout import ASSETS_DIR, INFO_ASSET
 
     version_dir = export_model(
         args.model,
@@ -147,8 +148,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         n_best=args.n_best,
         checkpoint=args.checkpoint,
         parity_sentences=args.parity_sentences,
+        precision=args.precision,
+        bleu_tolerance=args.bleu_tolerance,
     )
-    print(json.dumps({"export": str(version_dir), "version": int(version_dir.name)}))
+    info = json.loads((version_dir / ASSETS_DIR / INFO_ASSET).read_text(encoding="utf-8"))
+    summary = {"export": str(version_dir), "version": int(version_dir.name)}
+    summary.update(precision=info["precision"], precision_check=info["precision_check"])
+    print(json.dumps(summary))
     return 0
 
 
@@ -249,6 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parity-sentences", type=int, help="validation sentences checked on reload (default 64)"
     )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bfloat16", "float32"),
+        default="auto",
+        help="what the export computes in; auto: bfloat16 where the CPU has amx_bf16 or "
+        "avx512_bf16 (or on a GPU), after a BLEU check against float32 (default auto)",
+    )
+    p.add_argument(
+        "--bleu-tolerance",
+        type=float,
+        default=0.3,
+        help="how far a bfloat16 export's validation BLEU may be from float32's (default 0.3)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -262,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sentences", type=int, help="sentences per request (default 64)")
     p.add_argument("--max-chars", type=int, help="characters per sentence (default 1000)")
     p.add_argument("--max-batch-size", type=int, help="sentences per model call (default 32)")
-    p.add_argument("--max-wait-ms", type=float, help="dynamic batching wait (default 5)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        help="how long a batch waits for more sentences once the model is free (default 0: "
+        "it starts at once with what queued while the previous batch ran)",
+    )
     p.add_argument("--poll-seconds", type=float, help="new-version check period (default 2)")
     p.add_argument("--keep-versions", type=int, help="newest versions kept loaded (default 1)")
     p.add_argument("--access-log", action="store_true", help="log every request")

@@ -143,7 +143,8 @@ class Attention(keras.layers.Layer):
 
     `keys(memory)` precomputes the memory projection once per sentence; calling the layer on
     `(query [batch, q], memory [batch, src, m], keys, memory_mask [batch, src])` returns
-    `(context [batch, m], weights [batch, src])`. Weights are float32, sum to 1 over real
+    `(context [batch, m], weights [batch, src])`; `weights=cast_weights()` reuses weights
+    cast once (a decoding loop's). Weights are float32, sum to 1 over real
     tokens and are exactly 0 at padding.
 
     Args:
@@ -172,12 +173,29 @@ class Attention(keras.layers.Layer):
         """Projects the memory `[batch, src, m]` to keys `[batch, src, units]`."""
         return self.memory_dense(memory)
 
-    def call(self, query, memory, keys, memory_mask):
+    def cast_weights(self) -> tuple:
+        """The weights a call multiplies by, cast once to the compute dtype: `()` for Luong,
+        `(query kernel, query bias, v kernel)` for Bahdanau; pass them as `call(weights=)`
+        to keep the casts out of a decoding loop."""
+        if self.kind == "luong":
+            return ()
+        dense = (self.query_dense.kernel, self.query_dense.bias, self.v.kernel)
+        return tuple(ops.cast(w, self.compute_dtype) for w in dense)
+
+    def call(self, query, memory, keys, memory_mask, weights=None):
         if self.kind == "luong":
             scores = ops.einsum("bu,bsu->bs", query, keys)  # [batch, src]
         else:
-            hidden = ops.tanh(keys + self.query_dense(query)[:, None, :])  # [batch, src, units]
-            scores = ops.squeeze(self.v(hidden), -1)  # [batch, src]
+            if weights is None:
+                projected, v = self.query_dense(query), self.v
+            else:  # the layers' own operations on weights cast before the loop
+                projected = ops.add(ops.matmul(query, weights[0]), weights[1])
+
+                def v(x):
+                    return ops.matmul(x, weights[2])
+
+            hidden = ops.tanh(keys + projected[:, None, :])  # [batch, src, units]
+            scores = ops.squeeze(v(hidden), -1)  # [batch, src]
         scores = ops.where(memory_mask, ops.cast(scores, "float32"), _NEG_INF)
         weights = ops.softmax(scores, axis=-1) * ops.cast(memory_mask, "float32")  # [batch, src]
         context = ops.einsum("bs,bsm->bm", ops.cast(weights, memory.dtype), memory)

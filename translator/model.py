@@ -1,7 +1,8 @@
 """The seq2seq model: BiLSTM encoder -> context vector (optional bridge) -> LSTM decoder.
 
-`Seq2Seq.call` teacher-forces whole batches for training; `encode` and `decode_step` are the
-two callbacks that greedy and beam search drive inside `tf.while_loop`.
+`Seq2Seq.call` teacher-forces whole batches for training; `encode` and `search_step` (or the
+plain `decode_step`) are the callbacks that greedy and beam search drive inside
+`tf.while_loop`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from translator.config import ModelConfig
 from translator.constants import ATTENTION_KINDS, decoder_width
 from translator.decoder import Decoder
 from translator.layers import Bridge, Encoder
+from translator.search_step import search_step
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -137,6 +139,29 @@ class Seq2Seq(keras.Model):
         """
         logits, state = self.decoder.step(ops.cast(tokens, "int32"), state)
         return ops.log_softmax(logits, axis=-1), state
+
+    def search_step(self, state: dict, beam_size: int = 1) -> tuple:
+        """The step callback of greedy and beam search and the state it starts from.
+
+        Same results as `decode_step` (bitwise in float32), with the set-up done once per
+        call instead of at every step (`translator.search_step`): weights cast once, the
+        encoder memory kept out of the loop state.
+
+        Args:
+            state: `encode`'s output `[batch, ...]`.
+            beam_size: rows per sentence of the search that will run the step.
+
+        Returns:
+            `(step, loop_state)`: `step(tokens [N], loop_state) -> (log_probs [N, vocab]
+            float32, loop_state)`, a `decoding.StepFn`, and its initial state `[batch, ...]`.
+        """
+        step, loop_state = search_step(self.decoder, state, beam_size)
+
+        def log_probs_step(tokens, carry):
+            logits, carry = step(ops.cast(tokens, "int32"), carry)
+            return ops.log_softmax(logits, axis=-1), carry
+
+        return log_probs_step, loop_state
 
     def attention_weights(self, source_ids, target_in) -> tf.Tensor:
         """Teacher-forced attention weights `[batch, tgt, src]` (float32) for heatmaps."""

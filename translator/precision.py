@@ -9,6 +9,7 @@ softmax and losses are computed in float32.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -62,3 +63,47 @@ def resolve(setting: bool | str, flags: set[str] | None = None, gpu: bool | None
         return FLOAT32, "mixed_precision=false"
     native, why = native_bf16(flags, gpu)
     return (MIXED if native else FLOAT32), f"mixed_precision=auto: {why}"
+
+
+# -- inference: the precision a model is loaded or exported in ------------------------------
+
+PRECISIONS = ("auto", "bfloat16", "float32")
+_POLICIES = {"bfloat16": MIXED, "float32": FLOAT32}
+
+
+def inference_precision(
+    setting: str, flags: set[str] | None = None, gpu: bool | None = None
+) -> tuple[str, str]:
+    """The precision ("bfloat16" or "float32") a model translates in, and why.
+
+    Args:
+        setting: "auto" (bfloat16 where it is native, see `native_bf16`), "bfloat16" or
+            "float32".
+
+    Raises:
+        ValueError: `setting` is none of `PRECISIONS`.
+    """
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {setting!r}")
+    if setting != "auto":
+        return setting, f"precision={setting}"
+    native, why = native_bf16(flags, gpu)
+    return ("bfloat16" if native else "float32"), f"precision=auto: {why}"
+
+
+def policy_name(precision: str) -> str:
+    """The Keras dtype policy of an inference precision ("bfloat16" -> "mixed_bfloat16")."""
+    return _POLICIES[precision]
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str):
+    """Keras's global dtype policy set to `policy` while layers are built, then restored."""
+    import keras  # noqa: PLC0415
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

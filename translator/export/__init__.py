@@ -24,6 +24,7 @@ _LAZY = {
     "DEFAULT_BEAM_SIZE": "translator.export.writer",
     "reload_in_subprocess": "translator.export.parity",
     "PARITY_SENTENCES": "translator.export.parity",
+    "BLEU_TOLERANCE": "translator.export.parity",
     "ExportedTranslator": "translator.export.loaded",
 }
 

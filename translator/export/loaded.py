@@ -78,6 +78,12 @@ class ExportedTranslator(BaseTranslator):
             raise ModelDirError(f"cannot load export {version_dir}: {exc}") from None
         return cls(loaded, config, info, version_dir)
 
+    @property
+    def precision(self) -> str:
+        """ "bfloat16" or "float32": what the export computes in (exports written before
+        exports recorded it are float32)."""
+        return str(self.info.get("precision", "float32"))
+
     def translate_function(
         self, beam_size: int, n_best: int, length_penalty: float, max_length_ratio: float
     ) -> TranslateFunction:

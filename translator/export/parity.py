@@ -1,10 +1,16 @@
-"""The parity gate: an export is published only if a fresh process translates like this one.
+"""The gates an export passes before it is published: precision, then parity.
 
-The writer saves the export into a hidden directory and calls `check_parity`: a Python process
-that imports nothing but tensorflow and tensorflow_text (`reload_in_subprocess`) reloads it and
+`check_precision`, for a bfloat16 export, before anything is written: on a validation sample
+(`quality_sample`, default 500 pairs) the bfloat16 model's best translations must score a
+BLEU within `BLEU_TOLERANCE` (0.3) of the float32 model's, for every decoding the export
+holds (greedy and beam); the share of identical sentences is reported with the BLEUs.
+
+`check_parity`: the writer saves the export into a hidden directory and a Python process that
+imports nothing but tensorflow and tensorflow_text (`reload_in_subprocess`) reloads it and
 translates a sample (`parity_sample`: validation sources, or sentences made of vocabulary
 pieces, plus an empty string) with every decoding signature; each output must equal what the
-in-process translate functions return (texts exactly, scores to 1e-5).
+in-process translate functions (of the export's precision) return (texts exactly, scores to
+1e-5).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import tensorflow as tf
 
 from translator import data as data_lib
 from translator.errors import ExportError, TranslatorError
+from translator.evaluate import score
 from translator.export.layout import BEAM_SIGNATURE
 from translator.translating import DecodeOptions
 
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARITY_SENTENCES = 64
+PRECISION_SENTENCES = 500  # validation pairs the bfloat16 quality gate translates
+BLEU_TOLERANCE = 0.3  # the most a bfloat16 export's BLEU may differ from float32's
 
 # Run by the parity gate in a fresh interpreter (`python -I -c`): it must import nothing but
 # tensorflow and tensorflow_text, which proves a client needs no `translator` code.
@@ -77,6 +86,71 @@ def parity_sample(translator_: Translator, n: int) -> list[str]:
         return sources[:n] + [""]
     log.warning("parity sample: using %d sentences made of source vocabulary pieces", n)
     return _vocabulary_sample(translator_.tokenizers.source_model, n) + [""]
+
+
+def quality_sample(translator_: Translator, n: int) -> tuple[list[str], list[str]] | None:
+    """The first `n` validation pairs `(sources, references)` (test or train when there is no
+    validation split), or None when no corpus can be read here."""
+    data = translator_.config.data
+    for split in ("valid", "test", "train"):
+        if not (getattr(data, split).source or data.tfds):
+            continue
+        try:
+            corpus = data_lib.load_corpus(data, split)
+        except TranslatorError as exc:
+            log.warning("precision check: cannot read the %s split (%s)", split, exc)
+            return None
+        if corpus.targets:
+            return list(corpus.sources[:n]), list(corpus.targets[:n])
+    return None
+
+
+def check_precision(
+    candidate: Translator,
+    reference: Translator,
+    decoders: Mapping[str, DecodeOptions],
+    sample: tuple[Sequence[str], Sequence[str]],
+    tolerance: float = BLEU_TOLERANCE,
+) -> dict:
+    """Compares `candidate` (bfloat16) with `reference` (float32) on a validation sample.
+
+    Each distinct decoding of `decoders` (n-best aside) translates `sample`'s sources with
+    both; the candidate's BLEU against the references must be within `tolerance` of the
+    reference's.
+
+    Returns:
+        The report: `{"sentences", "tolerance", "decoders": {name: {"bleu_float32",
+        "bleu_bfloat16", "identical"}}}`, `identical` being the share of sentences whose best
+        translation is the same string in both.
+
+    Raises:
+        ExportError: a decoding's BLEU differs by more than `tolerance`; the message has the
+            report's figures.
+    """
+    sources, references = list(sample[0]), list(sample[1])
+    report = {"sentences": len(sources), "tolerance": tolerance, "decoders": {}}
+    seen = set()
+    for name, options in decoders.items():
+        key = (options.beam_size, options.length_penalty, options.max_length_ratio)
+        if key in seen:
+            continue
+        seen.add(key)
+        kwargs = {"beam_size": key[0], "length_penalty": key[1], "max_length_ratio": key[2]}
+        fast = candidate.translate(sources, n_best=1, **kwargs)
+        exact = reference.translate(sources, n_best=1, **kwargs)
+        bleu_fast, bleu_exact = score(fast, references)["bleu"], score(exact, references)["bleu"]
+        same = sum(a == b for a, b in zip(fast, exact, strict=True)) / max(len(sources), 1)
+        row = {"bleu_float32": bleu_exact, "bleu_bfloat16": bleu_fast, "identical": round(same, 3)}
+        report["decoders"][name] = row
+        log.info("precision check, %s (beam %d): %s", name, key[0], row)
+        if not abs(bleu_fast - bleu_exact) <= tolerance:
+            raise ExportError(
+                f"precision check failed: bfloat16 BLEU {bleu_fast} vs float32 {bleu_exact} "
+                f"with the '{name}' decoder (beam {key[0]}) on {len(sources)} validation "
+                f"sentences, more than the tolerance {tolerance} apart ({same:.1%} of the "
+                "translations identical); export with --precision float32"
+            )
+    return report
 
 
 def _vocabulary_sample(model: bytes, n: int, seed: int = 0) -> list[str]:

@@ -11,8 +11,9 @@ raw translations back. Signatures (all string inputs named `text`, shape [batch]
 - `beam`: beam search with `beam_size` and `n_best` fixed at export time (default 5 and 5):
   `translations` [batch, n_best] string, `scores` [batch, n_best] (best first; slots beam search
   could not fill are "" with score -inf).
-- `model_info`: no input; languages, vocabulary fingerprints, training steps, export time and
-  the decoding options of every signature (`decoders`, JSON).
+- `model_info`: no input; languages, vocabulary fingerprints, training steps, export time,
+  the decoding options of every signature (`decoders`, JSON), the `precision` the export
+  computes in ("bfloat16" or "float32") and its `precision_check` (JSON, see below).
 - `attention`, for an attention model only: the greedy translation of each sentence with the
   teacher-forced attention weights [batch, tgt, src] and both sides' pieces (`attention.py`).
 
@@ -23,6 +24,13 @@ written into a hidden temporary sibling and renamed into place only after the pa
 (`parity.py`) passed: a fresh Python process that imports nothing but tensorflow and
 tensorflow_text has reloaded it and translated a validation sample exactly as the in-process
 model does. On any failure nothing is left behind.
+
+Precision (`precision="auto"`, the default): bfloat16 where the hardware runs it natively
+(`translator.precision`), else float32. The model is then built under Keras's
+`mixed_bfloat16` policy (variables stay float32, matmuls run in bfloat16) and must first pass
+the precision gate (`parity.check_precision`: BLEU within 0.3 of the float32 model on the
+validation sample, the share of identical translations reported); a float32 export translates
+exactly as the float32 model does.
 """
 
 from __future__ import annotations
@@ -58,8 +66,17 @@ from translator.export.layout import (
     next_version,
     resolve_export_dir,
 )
-from translator.export.parity import PARITY_SENTENCES, check_parity, parity_sample
+from translator.export.parity import (
+    BLEU_TOLERANCE,
+    PARITY_SENTENCES,
+    PRECISION_SENTENCES,
+    check_parity,
+    check_precision,
+    parity_sample,
+    quality_sample,
+)
 from translator.model_dir import find_checkpoint
+from translator.precision import inference_precision
 from translator.translating import DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -152,6 +169,9 @@ def export_model(
     n_best: int | None = None,
     checkpoint: str = "best",
     parity_sentences: int | None = None,
+    precision: str = "auto",
+    bleu_tolerance: float = BLEU_TOLERANCE,
+    precision_sentences: int = PRECISION_SENTENCES,
 ) -> Path:
     """Exports a trained model directory as the next version under `output`.
 
@@ -163,6 +183,13 @@ def export_model(
         checkpoint: "best" or "latest", as in `Translator.load`.
         parity_sentences: validation sentences the reloaded export must translate exactly as the
             in-process model (default 64; an empty string is always added).
+        precision: "auto" (bfloat16 where the hardware runs it natively, see
+            `translator.precision`), "bfloat16" or "float32": what the export computes in.
+            A bfloat16 export must pass `parity.check_precision` (BLEU within
+            `bleu_tolerance` of float32 on `precision_sentences` validation pairs); with
+            "auto" and no validation data to check it on, the export is float32.
+        bleu_tolerance: the bfloat16 gate's tolerance in BLEU points.
+        precision_sentences: validation pairs the bfloat16 gate translates.
 
     Returns:
         The new version directory, e.g. `saved_models/NAME/3`.
@@ -182,13 +209,35 @@ def export_model(
         )
     if parity_sentences < 1:
         raise ExportError(f"parity_sentences must be >= 1, got {parity_sentences}")
+    if precision_sentences < 1:
+        raise ExportError(f"precision_sentences must be >= 1, got {precision_sentences}")
+    try:
+        chosen, why = inference_precision(precision)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     model_dir = Path(model_dir)
     if resolve_export_dir(model_dir) is not None:
         raise ModelDirError(f"{model_dir} is already an export, not a trained model directory")
-    translator_ = Translator.from_model_dir(model_dir, checkpoint)
-    checkpoint_path = find_checkpoint(model_dir, checkpoint)
+    translator_ = Translator.from_model_dir(model_dir, checkpoint)  # float32
     decoders = _decoders(translator_, beam_size, n_best)
+    check = None
+    if chosen == "bfloat16":
+        translator_, check = _bfloat16(
+            translator_,
+            model_dir,
+            checkpoint,
+            decoders,
+            precision,
+            bleu_tolerance,
+            precision_sentences,
+        )
+        if check is None:
+            chosen, why = "float32", f"{why}, but no validation data to check bfloat16 on"
+    log.info("exporting in %s (%s)", chosen, why)
+    checkpoint_path = find_checkpoint(model_dir, checkpoint)
     info = _model_info(translator_, decoders, _training_steps(checkpoint_path))
+    info["precision"] = chosen
+    info["precision_check"] = json.dumps(check or {}, sort_keys=True)
     sample = parity_sample(translator_, parity_sentences)
 
     base = Path(output)
@@ -212,6 +261,34 @@ def export_model(
         raise
     log.info("exported %s (step %d) to %s", model_dir, info["training_steps"], version_dir)
     return version_dir
+
+
+def _bfloat16(
+    float32: Translator,
+    model_dir: Path,
+    checkpoint: str,
+    decoders: dict[str, DecodeOptions],
+    setting: str,
+    tolerance: float,
+    sentences: int,
+) -> tuple[Translator, dict | None]:
+    """The bfloat16 translator and its precision check against `float32`, or (`float32`,
+    None) when `setting` is "auto" and there is no validation data to check on.
+
+    Raises:
+        ExportError: the check failed, or "bfloat16" was asked and cannot be checked.
+    """
+    sample = quality_sample(float32, sentences)
+    if sample is None:
+        if setting == "auto":
+            log.warning("no validation data to check bfloat16 on: exporting in float32")
+            return float32, None
+        raise ExportError(
+            "cannot check a bfloat16 export: no validation split with references can be read; "
+            "export with --precision float32"
+        )
+    candidate = Translator.from_model_dir(model_dir, checkpoint, precision="bfloat16")
+    return candidate, check_precision(candidate, float32, decoders, sample, tolerance)
 
 
 def _model_info(translator_: Translator, decoders: dict[str, DecodeOptions], steps: int) -> dict:
@@ -245,6 +322,7 @@ def _write(
         shutil.copyfile(model_dir / name, assets / name)
     readable = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in info.items()}
     readable["decoders"] = json.loads(info["decoders"])
+    readable["precision_check"] = json.loads(info["precision_check"])
     (assets / INFO_ASSET).write_text(json.dumps(readable, indent=1) + "\n", encoding="utf-8")
 
 

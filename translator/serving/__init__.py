@@ -18,12 +18,13 @@ uvicorn, 127.0.0.1:8501 by default):
 Versions: the highest complete version on disk is served (`keep_versions` of the newest stay
 loaded); a poller loads a newly exported version in the background, warms it up and only then
 swaps it in, so no request waits and no restart is needed. Concurrent requests go through a
-dynamic batcher per signature or decode function (up to `max_batch_size` sentences, waiting at
-most `max_wait_ms` for the first sentence's companions). Client mistakes get a 4xx
-`{"error": ...}`, never a 5xx; URLs never name files (model names and versions are looked up
-among the loaded ones), and nothing but the SavedModel itself (protobuf graph and variables) is
-read: no pickle, no code (the page's files are this package's own, read once at start-up).
-Non-finite scores (empty n-best slots) are sent as null, since JSON has no -Infinity.
+dynamic batcher per signature or decode function: one model call at a time, the next batch
+(up to `max_batch_size` sentences, default 32) being what queued while the previous one ran;
+with the default `max_wait_ms` 0 a batch starts as soon as the model is free. Client mistakes
+get a 4xx `{"error": ...}`, never a 5xx; URLs never name files (model names and versions are
+looked up among the loaded ones), and nothing but the SavedModel itself (protobuf graph and
+variables) is read: no pickle, no code (the page's files are this package's own, read once at
+start-up). Non-finite scores (empty n-best slots) are sent as null, since JSON has no -Infinity.
 
 Modules, one job each: `settings` (ServeSettings), `batching` (the dynamic batcher),
 `repository` (loading and refreshing versions), `rest` (request parsing, TF Serving JSON,

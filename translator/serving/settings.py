@@ -16,7 +16,10 @@ class ServeSettings:
     max_sentences: int = 64  # sentences per request
     max_chars: int = 1000  # characters per sentence
     max_batch_size: int = 32  # sentences per model call (dynamic batching)
-    max_wait_ms: float = 5.0  # how long the first sentence of a batch waits for others
+    # How long the first sentence of a batch waits for others once the model is free. 0: a
+    # batch starts as soon as the model is free, with whatever queued while it ran (TF
+    # Serving's advice for CPUs); a wait only adds latency at low load.
+    max_wait_ms: float = 0.0
     poll_seconds: float = 2.0  # how often the directory is checked for new versions
     keep_versions: int = 1  # newest versions kept loaded (TF Serving's "latest" policy)
 

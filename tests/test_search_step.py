@@ -1,0 +1,96 @@
+"""The search's step callback: bitwise `decode_step` in float32, close to it in bfloat16."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from translator.config import ModelConfig
+from translator.decoding import beam_search, greedy_search
+from translator.model import build_model
+from translator.precision import dtype_policy
+
+SOURCE = tf.constant([[5, 6, 7, 8, 9], [10, 11, 0, 0, 0], [12, 13, 14, 0, 0]])
+MAX_LENGTHS = tf.constant([9, 5, 7])
+
+VARIANTS = {
+    "luong": {"attention": "luong"},
+    "bahdanau-2-layers": {"attention": "bahdanau", "encoder_layers": 2, "decoder_layers": 2},
+    "none-tied": {"attention": "none", "tie_embeddings": True, "embedding_dim": 8},
+    "luong-tied-bridge": {
+        "attention": "luong",
+        "tie_embeddings": True,
+        "bridge": True,
+        "decoder_units": 12,
+    },
+}
+
+
+def model(variant: str, policy: str = "float32"):
+    keras.utils.set_random_seed(3)
+    config = ModelConfig(**{"embedding_dim": 16, "units": 16, **VARIANTS[variant]})
+    with dtype_policy(policy):
+        m = build_model(config, 40, 30)
+    # Random weights put all 30 target tokens near-uniform: sharpen the output so that
+    # hypotheses differ and EOS (3) gets emitted.
+    for w in m.decoder.weights:
+        if "output" in w.path or "embedding" in w.path:
+            w.assign(w * 8.0)
+    return m
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_float32_searches_are_bitwise_those_of_decode_step(variant):
+    m = model(variant)
+
+    @tf.function
+    def both(source):
+        state = m.encode(source)
+        out = {}
+        for name, k in (("greedy", 1), ("beam", 3)):
+            step, loop_state = m.search_step(state, k)
+            for key, fn, s in (("fast", step, loop_state), ("plain", m.decode_step, state)):
+                if k == 1:
+                    out[name, key] = greedy_search(fn, s, MAX_LENGTHS, length_penalty=0.6)
+                else:
+                    out[name, key] = beam_search(fn, s, MAX_LENGTHS, k, 0.6, n_best=3)
+        return out
+
+    out = both(SOURCE)
+    for name in ("greedy", "beam"):
+        fast, plain = out[name, "fast"], out[name, "plain"]
+        for field in fast._fields:
+            np.testing.assert_array_equal(getattr(fast, field), getattr(plain, field))
+    assert out["greedy", "fast"].lengths.numpy().max() > 1  # the test decodes something
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_bfloat16_step_matches_decode_step_within_bfloat16_rounding(variant):
+    m = model(variant, "mixed_bfloat16")
+    assert m.compute_dtype == "bfloat16"
+    state = m.encode(SOURCE)
+    step, loop_state = m.search_step(state)
+    tokens = tf.constant([2, 2, 2])
+    for _ in range(4):
+        fast, loop_state = step(tokens, loop_state)
+        plain, state = m.decode_step(tokens, state)
+        assert fast.dtype == tf.float32
+        # bfloat16 keeps 8 bits: a logit of size ~10 moves by ~0.05 per rounding
+        np.testing.assert_allclose(fast.numpy(), plain.numpy(), atol=0.25)
+        tokens = tf.argmax(plain, -1, output_type=tf.int32)
+    f32 = model(variant)
+    reference, _ = f32.decode_step(tf.constant([2, 2, 2]), f32.encode(SOURCE))
+    step, loop_state = m.search_step(m.encode(SOURCE))
+    first, _ = step(tf.constant([2, 2, 2]), loop_state)
+    np.testing.assert_allclose(first.numpy(), reference.numpy(), atol=0.25)
+    assert not np.array_equal(first.numpy(), reference.numpy())  # it did run in bfloat16
+
+
+def test_search_step_keeps_the_fixed_state_out_of_the_loop():
+    m = model("luong")
+    state = m.encode(SOURCE)
+    _, loop_state = m.search_step(state, beam_size=4)
+    assert sorted(loop_state) == ["c0", "feed", "h0"]
+    assert loop_state["h0"].shape[0] == 3  # per sentence: beam_search repeats it

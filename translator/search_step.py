@@ -1,0 +1,136 @@
+"""The decoder's step as greedy and beam search run it: set up once per call, lean per step.
+
+`Decoder.step` calls the Keras layers, which read every weight inside the search's
+`tf.while_loop`: under `mixed_bfloat16` that is a float32 -> bfloat16 cast of every weight
+(the output projection's `units x vocab` kernel included) at every step, and beam search
+gathers the encoder memory and keys (which never change) at every step. `search_step` builds
+the callback once per translate call, before the loop:
+
+- every weight is cast to the compute dtype once (the tied output matrix transposed once);
+- `memory`, `keys` and `memory_mask` stay out of the loop state (repeated `beam_size` times
+  up front), and the previous step's attention weights, which decoding never reads, are not
+  carried;
+- in bfloat16, `[input, h]` is multiplied by the stacked `[kernel; recurrent_kernel]` in one
+  matmul, the output projection runs in bfloat16, and the LSTM cell's elementwise work, its
+  cell state and the logits' bias add are float32 (bfloat16 elementwise kernels are slower on
+  CPU, and the cell state keeps its precision, as in `translator.lstm`).
+
+In float32 there is no cast to save: the step is `Decoder.step` itself (the layers' own
+operations) with the fixed state closed over, so translations are bitwise those of
+`Seq2Seq.decode_step` (tested; even an equivalent reordering, e.g. a transpose hoisted out of
+the loop, moved a score by one ulp).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
+from keras import ops
+
+from translator.lstm import lstm_cell
+
+if TYPE_CHECKING:
+    from translator.decoder import Decoder
+
+FIXED = ("memory", "keys", "memory_mask")  # encoder-side state: the same at every step
+UNUSED = ("attention",)  # carried by teacher forcing for heatmaps; a search never reads it
+
+
+def _weights(decoder: Decoder) -> dict:
+    """Every weight a bfloat16 step multiplies by, cast once: each LSTM layer's kernels stacked
+    `[in + units, 4u]` with a float32 bias, the output kernel (the tied embedding matrix
+    transposed) with a float32 bias."""
+    dtype = decoder.compute_dtype
+
+    def cast(v):
+        return ops.cast(v, dtype)
+
+    cells = decoder.cells if decoder.attention != "none" else [r.cell for r in decoder.rnns]
+    w: dict = {}
+    for i, cell in enumerate(cells):
+        stacked = ops.concatenate([cast(cell.kernel), cast(cell.recurrent_kernel)], 0)
+        w[f"lstm{i}"] = (stacked, cell.bias if cell.use_bias else None)
+    if decoder.attention != "none":
+        w["combine"] = cast(decoder.combine.kernel)
+        w["attention"] = decoder.attention_layer.cast_weights()
+    if decoder.tie_embeddings:
+        if decoder.units != decoder.embedding_dim:
+            w["pre_output"] = (cast(decoder.pre_output.kernel), cast(decoder.pre_output.bias))
+        w["output"] = (ops.transpose(cast(decoder.embedding.embeddings)), decoder.output_bias)
+    else:
+        w["output"] = (cast(decoder.output_dense.kernel), decoder.output_dense.bias)
+    return w
+
+
+def _lstm(x, h, c, weights):
+    """One LSTM layer's `(h, c)`: one matmul of `[x, h]` in bfloat16, the cell in float32."""
+    stacked, bias = weights
+    z = ops.cast(ops.matmul(ops.concatenate([x, h], -1), stacked), "float32")  # [N, 4u]
+    if bias is not None:
+        z = z + bias
+    h, c = lstm_cell(z, c)
+    return ops.cast(h, x.dtype), c
+
+
+def _project(x, w: dict):
+    """Float32 logits `[N, vocab]`: the matmul in bfloat16, the bias added in float32."""
+    if "pre_output" in w:
+        kernel, bias = w["pre_output"]
+        x = ops.add(ops.matmul(x, kernel), bias)
+    kernel, bias = w["output"]
+    return ops.cast(ops.matmul(x, kernel), "float32") + bias
+
+
+def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
+    """The step callback a search runs, and the state it starts from.
+
+    Args:
+        decoder: the model's `Decoder`.
+        state: `Seq2Seq.encode`'s output `[batch, ...]`.
+        beam_size: rows per sentence the search will run (the state is given per sentence;
+            `beam_search` repeats the returned state, the fixed part is repeated here).
+
+    Returns:
+        `(step, loop_state)`: `step(tokens [N], loop_state) -> (logits [N, vocab] float32,
+        loop_state)` and the initial loop state `[batch, ...]` (`h{i}`, `c{i}` per layer and,
+        with attention, `feed`; `c{i}` float32 in bfloat16).
+    """
+    fixed = {k: state[k] for k in FIXED if k in state}
+    if beam_size > 1:
+        fixed = {k: tf.repeat(v, beam_size, axis=0) for k, v in fixed.items()}
+    carried = {k: v for k, v in state.items() if k not in FIXED and k not in UNUSED}
+    if decoder.compute_dtype == "float32":  # no casts to save: the layers' own operations
+
+        def float32_step(tokens, carry: dict):
+            logits, new = decoder.step(tokens, {**carry, **fixed})
+            return logits, {k: new[k] for k in carry}
+
+        return float32_step, carried
+    # the cell state stays float32 through the loop
+    carried = {k: ops.cast(v, "float32") if k[0] == "c" else v for k, v in carried.items()}
+    w = _weights(decoder)
+    embeddings = decoder.embedding.embeddings
+    attention = decoder.attention != "none"
+
+    def step(tokens, carry: dict):  # name scopes: for profiles (benchmarks/decode_step.py)
+        with tf.name_scope("embedding"):
+            x = ops.cast(ops.take(embeddings, tokens, axis=0), decoder.compute_dtype)  # [N, emb]
+        new = {}
+        if attention:  # input feeding
+            x = ops.concatenate([x, ops.cast(carry["feed"], x.dtype)], -1)
+        for i in range(decoder.num_layers):
+            with tf.name_scope(f"lstm{i}"):
+                x, new[f"c{i}"] = _lstm(x, carry[f"h{i}"], carry[f"c{i}"], w[f"lstm{i}"])
+            new[f"h{i}"] = x
+        if attention:
+            context, _ = decoder.attention_layer(
+                x, fixed["memory"], fixed["keys"], fixed["memory_mask"], weights=w["attention"]
+            )
+            with tf.name_scope("combine"):
+                both = ops.concatenate([context, x], -1)  # [N, memory + units]
+                x = new["feed"] = ops.tanh(ops.matmul(both, w["combine"]))
+        with tf.name_scope("output"):
+            return _project(x, w), new
+
+    return step, carried
