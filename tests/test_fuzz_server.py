@@ -158,14 +158,16 @@ def test_very_long_sentences_are_truncated_with_a_warning_in_bounded_time(
     unknown_run = "\u0100" * 1_000_000  # one 1,000,000-character unknown word: ~50 s uncut
     caplog.set_level(logging.WARNING, logger="translator.api")
     start = time.perf_counter()
-    result = translator.translate([words, unknown_run, sources[1]])
+    # split=False: each input is one sequence (split inputs are chunked instead: test_splitting)
+    result = translator.translate([words, unknown_run, sources[1]], split=False)
     seconds = time.perf_counter() - start
     assert all(isinstance(r, str) for r in result)
     assert result[2] == translator.translate([sources[1]])[0]  # neighbours are unaffected
     assert "2 source sentence(s) longer than" in caplog.text
     assert seconds < 20, f"long inputs took {seconds:.1f} s"
     # The character cut only touches sources that are already truncated to max_source_length.
-    assert translator.translate([words[: max_chars + 5000]]) == translator.translate([words])
+    cut = translator.translate([words[: max_chars + 5000]], split=False)
+    assert cut == translator.translate([words], split=False)
 
 
 # -- server: schema-driven fuzzing -------------------------------------------------------------
