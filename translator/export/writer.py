@@ -23,6 +23,12 @@ written into a hidden temporary sibling and renamed into place only after the pa
 (`parity.py`) passed: a fresh Python process that imports nothing but tensorflow and
 tensorflow_text has reloaded it and translated a validation sample exactly as the in-process
 model does. On any failure nothing is left behind.
+
+The graph translates each input whole: splitting inputs into sentences (`decode.split`,
+`splitting.py`) is not in it, because the sentence splitter (sentencex) is not a TensorFlow op.
+The Python side does it for an export: `Translator.load(export_dir)` and `translator serve`
+split inputs before calling the graph and join the results; TensorFlow Serving's own binary,
+given the same export, does not split.
 """
 
 from __future__ import annotations
