@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import subprocess
 import sys
 
@@ -92,6 +93,7 @@ def test_empty_corpus_is_an_error(synthetic_files, tmp_path, capsys):
 def test_translate_keeps_order_and_handles_odd_lines(
     trained_dir, synthetic_files, tmp_path, capsys, caplog
 ):
+    caplog.set_level(logging.INFO, logger="translator.api")
     sources = synthetic_files["test.src"].read_text().splitlines()[:5]
     weird = [
         "",
@@ -110,6 +112,11 @@ def test_translate_keeps_order_and_handles_odd_lines(
     assert got[1] == "" and got[2] == ""
     expected = synthetic_files["test.tgt"].read_text().splitlines()
     assert got[0] == expected[0] and got[-1] == expected[1]
+    assert "1 sentence(s) longer than 256 pieces were cut into chunks" in caplog.text
+    code, out, err = _run(
+        ["translate", "--model", str(trained_dir), "--input", str(path), "--no-split"], capsys
+    )
+    assert code == 0 and len(out.split("\n")[:-1]) == len(lines)
     assert "1 source sentence(s) longer than 256 pieces were truncated" in caplog.text
 
 

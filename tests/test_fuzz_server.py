@@ -2,7 +2,7 @@
 
 - `Translator.translate`: user mistakes are a TypeError/ValueError raised before TensorFlow runs
   (no TensorFlow frame in the traceback); any Unicode string translates; huge batches keep their
-  order; very long sentences are truncated with a warning, in bounded time.
+  order; very long sentences are truncated with a warning (`split=False`), in bounded time.
 - The server: schemathesis generates requests from the server's own OpenAPI schema (no 5xx);
   URLs cannot reach files (dot segments, encoded ones, absolute paths, symlinked versions);
   bodies over the limit get 413 without being read; the listening address is checked early.
@@ -158,14 +158,16 @@ def test_very_long_sentences_are_truncated_with_a_warning_in_bounded_time(
     unknown_run = "\u0100" * 1_000_000  # one 1,000,000-character unknown word: ~50 s uncut
     caplog.set_level(logging.WARNING, logger="translator.api")
     start = time.perf_counter()
-    result = translator.translate([words, unknown_run, sources[1]])
+    # split=False: each input is one sequence (split inputs are chunked instead: test_splitting)
+    result = translator.translate([words, unknown_run, sources[1]], split=False)
     seconds = time.perf_counter() - start
     assert all(isinstance(r, str) for r in result)
     assert result[2] == translator.translate([sources[1]])[0]  # neighbours are unaffected
     assert "2 source sentence(s) longer than" in caplog.text
     assert seconds < 20, f"long inputs took {seconds:.1f} s"
     # The character cut only touches sources that are already truncated to max_source_length.
-    assert translator.translate([words[: max_chars + 5000]]) == translator.translate([words])
+    cut = translator.translate([words[: max_chars + 5000]], split=False)
+    assert cut == translator.translate([words], split=False)
 
 
 # -- server: schema-driven fuzzing -------------------------------------------------------------
@@ -328,6 +330,7 @@ def test_loading_models_unpickles_nothing_and_runs_no_code_from_the_directory(
     assert read <= {
         "export/1/saved_model.pb",
         "export/1/assets/config.yaml",
+        "export/1/assets/spm.source.model",  # the server's sentence splitter counts pieces
         "run/config.yaml",
         "run/spm.source.model",
         "run/spm.target.model",

@@ -167,6 +167,10 @@ class Translator(BaseTranslator):
         log.info("loaded %s in %s (%s)", path, chosen, why)
         return cls(model, tokenizers, config)
 
+    def source_sentencepiece(self) -> bytes:
+        """The source SentencePiece model, which over-long sentences are chunked with."""
+        return self.tokenizers.source_model
+
     def translate_function(
         self, beam_size: int, n_best: int, length_penalty: float, max_length_ratio: float
     ) -> tf.types.experimental.GenericFunction:

@@ -26,6 +26,14 @@ def _decode_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-penalty", type=float, help="GNMT alpha; 0 = none")
     parser.add_argument("--max-length-ratio", type=float, help="max output/source length")
     parser.add_argument("--batch-size", type=int, help="sentences per decoding batch")
+    parser.add_argument(
+        "--no-split",
+        dest="split_sentences",
+        action="store_false",
+        default=None,
+        help="translate each line as one sequence, truncated at decode.max_source_length "
+        "(default: config decode.split, on: lines are cut into sentences)",
+    )
 
 
 def _decode_options(args: argparse.Namespace) -> dict:
@@ -35,6 +43,7 @@ def _decode_options(args: argparse.Namespace) -> dict:
         "length_penalty": args.length_penalty,
         "max_length_ratio": args.max_length_ratio,
         "batch_size": args.batch_size,
+        "split": args.split_sentences,
     }
 
 

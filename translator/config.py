@@ -125,8 +125,11 @@ class DecodeConfig:
     n_best: int = 1
     max_length_ratio: float = 2.0  # output pieces <= ratio * source pieces + 10 ...
     max_length: int = 256  # ... and never more than this
-    max_source_length: int = 256  # longer sources are truncated (with a warning)
+    max_source_length: int = 256  # longer sources are chunked (split) or truncated (warning)
     batch_size: int = 64
+    # cut inputs into sentences, and sentences over max_source_length into chunks at word
+    # boundaries, before translating; the translations are joined with spaces (splitting.py)
+    split: bool = True
 
 
 @dataclass(frozen=True)

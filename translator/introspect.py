@@ -319,7 +319,7 @@ def attention_map(
         raise IntrospectionError("attention plot: the source sentence is empty")
     if translation is None:
         decode_options = {k: v for k, v in decode_options.items() if v is not None}
-        decode_options.update(n_best=1, return_scores=False)
+        decode_options.update(n_best=1, return_scores=False, split=False)  # one sentence
         translation = translator.translate([text], **decode_options)[0]
     tokenizers = translator.tokenizers
     ids = source_ids(translator, [text])[0]  # [src]

@@ -58,6 +58,13 @@ def load_decoders(text: str) -> dict[str, DecodeOptions]:
     return {name: DecodeOptions(**options) for name, options in json.loads(text).items()}
 
 
+def source_sentencepiece(version_dir: str | Path) -> bytes | None:
+    """The source SentencePiece model in a version's assets, which the Python side chunks
+    over-long sentences with (`splitting.Splitter`); None when it is not there."""
+    path = Path(version_dir) / ASSETS_DIR / SOURCE_SPM
+    return path.read_bytes() if path.is_file() else None
+
+
 class NoDecoderError(ValueError):
     """No decoder of an export serves the requested options."""
 

@@ -24,6 +24,7 @@ from translator.export.layout import (
     load_decoders,
     pick_decoder,
     resolve_export_dir,
+    source_sentencepiece,
 )
 from translator.translating import BaseTranslator, TranslateFunction
 
@@ -83,6 +84,11 @@ class ExportedTranslator(BaseTranslator):
         """ "bfloat16" or "float32": what the export computes in (exports written before
         exports recorded it are float32)."""
         return str(self.info.get("precision", "float32"))
+
+    def source_sentencepiece(self) -> bytes | None:
+        """The source SentencePiece model from the export's assets (None without it: over-long
+        sentences are then truncated in the graph, not chunked)."""
+        return source_sentencepiece(self.directory)
 
     def translate_function(
         self, beam_size: int, n_best: int, length_penalty: float, max_length_ratio: float

@@ -31,6 +31,12 @@ Precision (`precision="auto"`, the default): bfloat16 where the hardware runs it
 the precision gate (`parity.check_precision`: BLEU within 0.3 of the float32 model on the
 validation sample, the share of identical translations reported); a float32 export translates
 exactly as the float32 model does.
+
+The graph translates each input whole: splitting inputs into sentences (`decode.split`,
+`splitting.py`) is not in it, because the sentence splitter (sentencex) is not a TensorFlow op.
+The Python side does it for an export: `Translator.load(export_dir)` and `translator serve`
+split inputs before calling the graph and join the results; TensorFlow Serving's own binary,
+given the same export, does not split.
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ uvicorn, 127.0.0.1:8501 by default):
   translation with its source and target pieces and attention weights [target, source].
 - `GET /`: a web page to try the model (`page`: static files, no build step, works offline).
 
+Translating requests (`/v1/translate`, and `:predict` on `serving_default`, `greedy`, `beam`)
+cut each input into sentences, and an over-long sentence into chunks, before the model sees
+them, and join the translations (`translator.splitting`, `translating.join_rows`), unless the
+body says `"split": false` (default: the export's `decode.split`). The export's graph does not
+split (the splitter is not a TensorFlow op), so TensorFlow Serving's own binary does not either.
+
 Versions: the highest complete version on disk is served (`keep_versions` of the newest stay
 loaded); a poller loads a newly exported version in the background, warms it up and only then
 swaps it in, so no request waits and no restart is needed. Concurrent requests go through a

@@ -144,9 +144,14 @@ async def _predict(request: Request, model: str, version: str | None) -> dict:
     body = await rest.read_json(request, settings.max_body_bytes)
     spec = rest.predict_signature(body, served.specs)
     values, fmt = rest.predict_inputs(body, spec, settings)
+    split = rest.predict_split(body)
     if values is None:
         return rest.predict_response(await asyncio.to_thread(served.call, spec.name), fmt)
-    rows = await served.batcher(spec.name, settings).submit(values)
+    batcher = served.batcher(spec.name, settings)
+    if spec.name in served.decoders:  # a translating signature: split into sentences
+        rows = await served.translate_rows(batcher, values, split)
+    else:
+        rows = await batcher.submit(values)
     return rest.predict_response(rows, fmt)
 
 
@@ -229,7 +234,9 @@ async def metadata_version(model: str, version: str, request: Request) -> dict:
 )
 async def translate(request: Request) -> TranslateResponse:
     """Translates `text` with the highest version; `beam_size` must be one of the export's
-    (1, the config default or the export's beam signature)."""
+    (1, the config default or the export's beam signature). Each text is cut into sentences
+    and their translations joined unless `split` is false (default: the export's
+    decode.split)."""
     settings: ServeSettings = request.app.state.settings
     repo: ModelRepository = request.app.state.repository
     body = await rest.read_json(request, settings.max_body_bytes)
@@ -239,7 +246,8 @@ async def translate(request: Request) -> TranslateResponse:
         signature = pick_decoder(served.decoders, req.beam_size, req.n_best)
     except NoDecoderError as exc:
         raise ApiError(400, str(exc)) from None
-    rows = await served.decoder_batcher(signature, settings).submit(texts)
+    batcher = served.decoder_batcher(signature, settings)
+    rows = await served.translate_rows(batcher, texts, req.split)
     return TranslateResponse(
         model=repo.name,
         version=str(served.version),

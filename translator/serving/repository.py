@@ -16,10 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from translator.export.layout import DecodeOptions, decode_function, list_versions
+from translator.config import load_config
+from translator.errors import ConfigError
+from translator.export.layout import (
+    ASSETS_DIR,
+    CONFIG_ASSET,
+    DecodeOptions,
+    decode_function,
+    list_versions,
+    source_sentencepiece,
+)
 from translator.serving.batching import Batcher
 from translator.serving.rest import ApiError, SignatureSpec, plain
 from translator.serving.settings import ServeSettings
+from translator.splitting import Splitter
+from translator.translating import CHARS_PER_PIECE, join_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,24 @@ class ServedVersion:
     info: dict[str, Any]
     decoders: dict[str, DecodeOptions]
     batchers: dict[str, Batcher] = field(default_factory=dict)
+    # Cuts a decoder's inputs into sentences (and chunks) before the model sees them; None for
+    # an export without its config asset. `split` is the export's `decode.split`, the default
+    # of requests that do not say.
+    splitter: Splitter | None = None
+    split: bool = False
+
+    async def translate_rows(
+        self, batcher: Batcher, values: list[str], split: bool | None
+    ) -> list[dict[str, Any]]:
+        """The output rows of a decoder's `batcher` for `values`, in order. With `split`
+        (None: the export's default) each value is cut into units first, all units of the
+        request go to the batcher together, and each value's rows are joined (`join_rows`)."""
+        split = self.split if split is None else split
+        if not split or self.splitter is None:
+            return await batcher.submit(values)
+        segments = self.splitter.segment(values)
+        rows = await batcher.submit(segments.units)
+        return [join_rows(group) for group in segments.regroup(rows)]
 
     def call(self, signature: str, values: list[str] | None = None) -> dict[str, np.ndarray]:
         """Runs a signature synchronously (in the calling thread)."""
@@ -128,6 +157,7 @@ def load_version(path: Path, version: int) -> ServedVersion:
     if "model_info" in specs and not specs["model_info"].inputs:
         served.info = {k: plain(v) for k, v in served.call("model_info").items()}
         served.decoders = _decoders(served.info)
+    served.splitter, served.split = _splitter(path)
     for name, spec in specs.items():  # the first call of a function is slow: pay it now
         if spec.batched_text:
             served.call(name, ["warm up"])
@@ -135,6 +165,25 @@ def load_version(path: Path, version: int) -> ServedVersion:
         if served.has_decode_function(name):
             served.decode(name, ["warm up"])
     return served
+
+
+def _splitter(path: Path) -> tuple[Splitter | None, bool]:
+    """The splitter of a version (from its config and source SentencePiece assets) and its
+    `decode.split`; (None, False) without a readable config asset."""
+    config_path = path / ASSETS_DIR / CONFIG_ASSET
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        log.warning("%s: inputs are not split into sentences (%s)", path, exc)
+        return None, False
+    limit = config.decode.max_source_length
+    splitter = Splitter(
+        config.data.source_lang,
+        limit,
+        source_sentencepiece(path),
+        max_word_chars=CHARS_PER_PIECE * limit,
+    )
+    return splitter, config.decode.split
 
 
 class ModelRepository:

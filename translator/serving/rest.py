@@ -185,6 +185,15 @@ def predict_inputs(
     raise ApiError(400, "request must have 'instances' (row format) or 'inputs' (columnar)")
 
 
+def predict_split(body: Any) -> bool | None:
+    """The optional `split` field of a predict request (this server's extension of TF
+    Serving's body: false translates each input whole); None when absent."""
+    split = body.get("split") if isinstance(body, dict) else None
+    if split is not None and not isinstance(split, bool):
+        raise ApiError(400, f"'split' must be true or false, got {_json_type(split)}")
+    return split
+
+
 def predict_response(rows: list[dict[str, Any]] | dict[str, Any], fmt: str) -> dict:
     """TF Serving's answer: `predictions` (row format) or `outputs` (columnar)."""
     if fmt == "row":
@@ -212,6 +221,9 @@ class TranslateRequest(BaseModel):
     text: list[str]
     beam_size: int | None = None  # None = the export's default decoding; else an exported beam
     n_best: int = 1
+    # Cut each text into sentences (and over-long ones into chunks) and join their translations;
+    # None = the export's decode.split (on unless it was trained with it off).
+    split: bool | None = None
 
 
 class Hypothesis(BaseModel):
@@ -282,6 +294,9 @@ class PredictRequest(BaseModel):
     signature_name: str | None = None
     instances: list[Any] | None = None
     inputs: Any = None
+    # This server only: false = translate each input whole (default: the export's decode.split,
+    # sentences split and joined); ignored by signatures that do not translate (attention).
+    split: bool | None = None
 
 
 def body_doc(model: type[BaseModel]) -> dict:
