@@ -11,10 +11,17 @@ raw translations back. Signatures (all string inputs named `text`, shape [batch]
 - `beam`: beam search with `beam_size` and `n_best` fixed at export time (default 5 and 5):
   `translations` [batch, n_best] string, `scores` [batch, n_best] (best first; slots beam search
   could not fill are "" with score -inf).
-- `model_info`: no input; languages, vocabulary fingerprints, training steps, export time and
-  the decoding options of every signature (`decoders`, JSON).
+- `model_info`: no input; languages, vocabulary fingerprints, training steps (-1 for an
+  ensemble), export time, the decoding options of every signature (`decoders`, JSON) and the
+  models it was made from (`members`, JSON: directory, checkpoint, training steps and model
+  config of each; one entry unless it is an ensemble).
 - `attention`, for an attention model only: the greedy translation of each sentence with the
   teacher-forced attention weights [batch, tgt, src] and both sides' pieces (`attention.py`).
+
+An ensemble (`export_model([dir1, dir2, ...])`, see `translator.ensemble`) exports as one
+SavedModel with the same signatures: its members' variables, one pair of tokenizers, and the
+mean of the members' log-probabilities decoded in the graph; its `attention` signature (when a
+member has attention) gives the mean of the attention members' weights.
 
 Each decoding signature wraps `api.build_translate_function`, the code path the Python API runs,
 and is also saved as a plain function `decode_<signature>` returning that function's full dict,
@@ -35,6 +42,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +51,7 @@ import tensorflow as tf
 
 from translator import __version__
 from translator.api import Translator
+from translator.config import load_config
 from translator.errors import ExportError, ModelDirError
 from translator.export.attention import build_attention_function
 from translator.export.layout import (
@@ -59,7 +69,7 @@ from translator.export.layout import (
     resolve_export_dir,
 )
 from translator.export.parity import PARITY_SENTENCES, check_parity, parity_sample
-from translator.model_dir import find_checkpoint
+from translator.model_dir import CONFIG_FILE, find_checkpoint
 from translator.translating import DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -146,17 +156,20 @@ def _training_steps(checkpoint_path: str) -> int:
 
 
 def export_model(
-    model_dir: str | Path,
+    model_dir: str | Path | Sequence[str | Path],
     output: str | Path,
     beam_size: int | None = None,
     n_best: int | None = None,
     checkpoint: str = "best",
     parity_sentences: int | None = None,
 ) -> Path:
-    """Exports a trained model directory as the next version under `output`.
+    """Exports a trained model directory, or an ensemble of them, as the next version under
+    `output`.
 
     Args:
-        model_dir: the training output directory (config.yaml, SentencePiece models, checkpoints).
+        model_dir: the training output directory (config.yaml, SentencePiece models,
+            checkpoints), or a list of them: an ensemble (`Translator.from_model_dirs`); its
+            assets are the first member's.
         output: the export base directory, e.g. `saved_models/NAME`; created when missing.
         beam_size: beam size of the `beam` signature (default 5).
         n_best: hypotheses returned by the `beam` signature (default: `beam_size`).
@@ -171,6 +184,7 @@ def export_model(
         ExportError: bad options, an unwritable output, or a failed parity check; nothing
             is left behind.
         ModelDirError: `model_dir` is not a trained model directory.
+        EnsembleError: the members of an ensemble cannot be decoded together.
     """
     beam_size = DEFAULT_BEAM_SIZE if beam_size is None else beam_size
     n_best = beam_size if n_best is None else n_best
@@ -182,13 +196,17 @@ def export_model(
         )
     if parity_sentences < 1:
         raise ExportError(f"parity_sentences must be >= 1, got {parity_sentences}")
-    model_dir = Path(model_dir)
-    if resolve_export_dir(model_dir) is not None:
-        raise ModelDirError(f"{model_dir} is already an export, not a trained model directory")
-    translator_ = Translator.from_model_dir(model_dir, checkpoint)
-    checkpoint_path = find_checkpoint(model_dir, checkpoint)
+    single = isinstance(model_dir, (str, os.PathLike))
+    model_dirs = [Path(model_dir)] if single else [Path(d) for d in model_dir]
+    for directory in model_dirs:
+        if resolve_export_dir(directory) is not None:
+            raise ModelDirError(f"{directory} is already an export, not a trained model directory")
+    if len(model_dirs) == 1:
+        translator_ = Translator.from_model_dir(model_dirs[0], checkpoint)
+    else:
+        translator_ = Translator.from_model_dirs(model_dirs, checkpoint)
     decoders = _decoders(translator_, beam_size, n_best)
-    info = _model_info(translator_, decoders, _training_steps(checkpoint_path))
+    info = _model_info(translator_, decoders, _members(model_dirs, checkpoint))
     sample = parity_sample(translator_, parity_sentences)
 
     base = Path(output)
@@ -198,7 +216,7 @@ def export_model(
         try:
             base.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".export-", suffix=".tmp", dir=base))
-            _write(tmp, translator_, decoders, info, model_dir)
+            _write(tmp, translator_, decoders, info, model_dirs[0])
         except OSError as exc:
             raise ExportError(f"cannot write export to {base}: {exc.strerror or exc}") from None
         check_parity(tmp, translator_, decoders, sample)
@@ -210,12 +228,33 @@ def export_model(
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only empty directories go
         raise
-    log.info("exported %s (step %d) to %s", model_dir, info["training_steps"], version_dir)
+    names = ", ".join(str(d) for d in model_dirs)
+    log.info("exported %s (step %d) to %s", names, info["training_steps"], version_dir)
     return version_dir
 
 
-def _model_info(translator_: Translator, decoders: dict[str, DecodeOptions], steps: int) -> dict:
+def _members(model_dirs: Sequence[Path], checkpoint: str) -> list[dict]:
+    """What `model_info` records of each model an export is made from."""
+    members = []
+    for directory in model_dirs:
+        path = find_checkpoint(directory, checkpoint)
+        config = load_config(directory / CONFIG_FILE)
+        members.append(
+            {
+                "model_dir": str(directory.resolve()),
+                "checkpoint": os.path.basename(path),
+                "training_steps": _training_steps(path),
+                "model": asdict(config.model),
+            }
+        )
+    return members
+
+
+def _model_info(
+    translator_: Translator, decoders: dict[str, DecodeOptions], members: list[dict]
+) -> dict:
     config, fingerprints = translator_.config, translator_.tokenizers.fingerprints()
+    steps = members[0]["training_steps"] if len(members) == 1 else -1
     return {
         "source_lang": config.data.source_lang,
         "target_lang": config.data.target_lang,
@@ -225,6 +264,7 @@ def _model_info(translator_: Translator, decoders: dict[str, DecodeOptions], ste
         "export_time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "translator_version": __version__,
         "decoders": dump_decoders(decoders),
+        "members": json.dumps(members, sort_keys=True),
     }
 
 
@@ -245,6 +285,7 @@ def _write(
         shutil.copyfile(model_dir / name, assets / name)
     readable = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in info.items()}
     readable["decoders"] = json.loads(info["decoders"])
+    readable["members"] = json.loads(info["members"])
     (assets / INFO_ASSET).write_text(json.dumps(readable, indent=1) + "\n", encoding="utf-8")
 
 
