@@ -16,7 +16,7 @@ from translator.api import Translator
 from translator.cli import main
 from translator.constants import BOS_ID, EOS_ID
 from translator.ensemble import Ensemble
-from translator.errors import EnsembleError
+from translator.errors import EnsembleError, ModelDirError
 from translator.export import ExportedTranslator, export_model
 from translator.introspect import attention_map
 from translator.serving import create_app
@@ -128,7 +128,7 @@ def test_members_must_share_tokenizers_and_limits(trained_dir, attention_dir, tm
 
 
 def test_an_export_is_not_an_ensemble_member(trained_dir, tiny_export):
-    with pytest.raises(Exception, match="is an export"):
+    with pytest.raises(ModelDirError, match="is an export: an ensemble is built from training"):
         Translator.load([trained_dir, tiny_export])
 
 
