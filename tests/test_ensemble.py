@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import tensorflow as tf
 import yaml
 from test_serving import SETTINGS, running
@@ -43,11 +44,18 @@ def pair(trained_dir, attention_dir) -> Translator:
     return Translator.load([trained_dir, attention_dir])
 
 
+def _ids(model: bytes, text: str) -> list[int]:
+    # Python SentencePiece, not the in-graph tokenizer: training a fixture model in this process
+    # (tf.random.set_seed) drops the TensorFlow SentencePiece resources of earlier translators.
+    processor = spm.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(model)
+    return processor.EncodeAsIds(text.strip())
+
+
 def forced_step_log_probs(model, tokenizers, source: str, target: str) -> np.ndarray:
     """log p(target piece t | source, pieces before t) at each step, EOS last: `[tgt + 1]`."""
-    source_ids = tokenizers.source.tokenize([source]).to_tensor()
-    source_ids = tf.concat([source_ids, [[EOS_ID]]], axis=1)  # [1, src]
-    target_ids = tokenizers.target.tokenize([target])[0].numpy().tolist() + [EOS_ID]
+    source_ids = tf.constant([_ids(tokenizers.source_model, source) + [EOS_ID]])  # [1, src]
+    target_ids = _ids(tokenizers.target_model, target) + [EOS_ID]
     state, previous, steps = model.encode(source_ids), BOS_ID, []
     for token in target_ids:
         log_probs, state = model.decode_step(tf.constant([previous]), state)
