@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator.decoding import DecodeResult, beam_search, greedy_search
+from translator.decoding import DecodeResult, beam_search, greedy_search, mean_step
 
 PAD, BOS, EOS = 0, 2, 3
 A, B, C, D = 4, 5, 6, 7
@@ -294,3 +294,42 @@ def test_invalid_sizes():
         beam_search(model, model.initial_state(1), [3], beam_size=0)
     with pytest.raises(ValueError, match="n_best"):
         beam_search(model, model.initial_state(1), [3], beam_size=2, n_best=3)
+
+
+def test_mean_step_decodes_with_the_mean_of_the_members_log_probs():
+    # Each member alone starts with A or C; their mean prefers B, which both rank second.
+    first = TreeModel({(): {A: 0.5, B: 0.4, C: 0.1}, (A,): {D: 0.5}}, default={EOS: 0.9})
+    second = TreeModel({(): {C: 0.5, B: 0.4, A: 0.1}}, default={EOS: 0.9})
+    members = (first, second)
+    ensemble = mean_step(members)
+    state = tuple(m.initial_state(1) for m in members)
+    for model, alone in ((first, [A, D]), (second, [C])):
+        result = greedy_search(model, model.initial_state(1), [5])
+        np.testing.assert_array_equal(result.tokens, [[alone]])
+
+    greedy = greedy_search(ensemble, state, [5])
+    np.testing.assert_array_equal(greedy.tokens, [[[B]]])
+    want = np.mean([m.log_prob([B]) for m in members])
+    np.testing.assert_allclose(greedy.log_probs.numpy()[0, 0], want, rtol=1e-6)
+
+    # Beam search reorders the tuple of member states like any state: every hypothesis scores
+    # the mean of what each member gives its tokens.
+    beam = beam_search(ensemble, state, [5], beam_size=3, n_best=3)
+    for k in range(3):
+        tokens = beam.tokens.numpy()[0, k, : beam.lengths.numpy()[0, k]].tolist()
+        want = np.mean([m.log_prob(tokens) for m in members])
+        np.testing.assert_allclose(beam.log_probs.numpy()[0, k], want, rtol=1e-6)
+    assert beam.tokens.numpy()[0, 0, :1].tolist() == [B]
+
+
+def test_mean_step_of_one_model_with_itself_is_that_model():
+    model = HashModel(seed=5)
+    h, max_lengths = random_batch(seed=5, batch=4)
+    pair = mean_step([model, model])
+    state = model.initial_state(h)
+    assert_results_equal(
+        beam_search(pair, (state, state), max_lengths, 3, 0.6, 2),
+        beam_search(model, state, max_lengths, 3, 0.6, 2),
+    )
+    with pytest.raises(ValueError, match="at least one"):
+        mean_step([])

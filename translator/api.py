@@ -5,19 +5,23 @@ Python-side batching (`translating.BaseTranslator.translate`) runs in one Tensor
 (`build_translate_function`): SentencePiece tokenization, truncation, encoding, greedy or beam
 decoding in a `tf.while_loop`, detokenization. The SavedModel export wraps the very same
 function, so the API and an export translate identically. `Translator.load` also opens an
-export directory, as an `export.loaded.ExportedTranslator` with the same `translate()`.
+export directory, as an `export.loaded.ExportedTranslator` with the same `translate()`, and a
+list of training directories as one ensemble (`ensemble.Ensemble`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 
 from translator.config import Config, load_config
 from translator.decoding import beam_search, greedy_search
-from translator.errors import ModelDirError
+from translator.ensemble import Ensemble, Member, check_members
+from translator.errors import EnsembleError, ModelDirError
 from translator.export.layout import resolve_export_dir
 from translator.export.loaded import ExportedTranslator
 from translator.model import Seq2Seq, build_model
@@ -40,7 +44,7 @@ LENGTH_MARGIN = 10
 
 
 def build_translate_function(
-    model: Seq2Seq,
+    model: Seq2Seq | Ensemble,
     tokenizers: Tokenizers,
     beam_size: int = 1,
     n_best: int = 1,
@@ -54,7 +58,8 @@ def build_translate_function(
     Returns a function whose output is a dict:
         translations [batch, n_best] string, scores / log_probs [batch, n_best] float32,
         lengths [batch, n_best] int32, source_lengths [batch] int32 (pieces before truncation).
-    Empty or whitespace-only inputs translate to "" with score 0.
+    Empty or whitespace-only inputs translate to "" with score 0. `model` is one `Seq2Seq` or
+    an `ensemble.Ensemble` (the same `encode` and `decode_step`).
     """
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(
@@ -93,7 +98,7 @@ def build_translate_function(
 
 
 class Translator(BaseTranslator):
-    """A trained model with its tokenizers and decoding defaults.
+    """A trained model (or an ensemble of them) with its tokenizers and decoding defaults.
 
     Example:
         >>> t = Translator.load("runs/multi30k_de_en")
@@ -103,10 +108,17 @@ class Translator(BaseTranslator):
 
     log = log  # translate()'s truncation warnings are logged as translator.api
 
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, config: Config):
+    def __init__(
+        self,
+        model: Seq2Seq | Ensemble,
+        tokenizers: Tokenizers,
+        config: Config,
+        model_dirs: Sequence[Path] = (),
+    ):
         super().__init__(config)
         self.model = model
         self.tokenizers = tokenizers
+        self.model_dirs = tuple(model_dirs)  # where the model (each member) was loaded from
         self._functions: dict[DecodeOptions, tf.types.experimental.GenericFunction] = {}
 
     @property
@@ -116,18 +128,26 @@ class Translator(BaseTranslator):
 
     @classmethod
     def load(
-        cls, directory: str | Path, checkpoint: str = "best"
+        cls, directory: str | Path | Sequence[str | Path], checkpoint: str = "best"
     ) -> Translator | ExportedTranslator:
-        """Loads a trained model directory, or a SavedModel export with the same `translate()`.
+        """Loads a trained model directory, a SavedModel export with the same `translate()`, or
+        an ensemble of trained model directories.
 
         An export directory (a version directory, or a base directory whose highest version is
-        used) loads as an `export.loaded.ExportedTranslator`; anything else as `from_model_dir`.
+        used) loads as an `export.loaded.ExportedTranslator`; a list of two or more directories
+        as `from_model_dirs` (an ensemble); anything else as `from_model_dir`.
 
         Args:
-            directory: the training `output_dir`, or an export directory.
+            directory: the training `output_dir`, an export directory, or a list of training
+                directories.
             checkpoint: "best" (the averaged checkpoint with `train.average_last`, else the
                 best validation BLEU one, else the latest) or "latest"; ignored for an export.
         """
+        if not isinstance(directory, (str, os.PathLike)):
+            directories = list(directory)
+            if len(directories) != 1:
+                return cls.from_model_dirs(directories, checkpoint)
+            directory = directories[0]
         if resolve_export_dir(directory) is not None:
             return ExportedTranslator.load(directory)
         return cls.from_model_dir(directory, checkpoint)
@@ -151,21 +171,45 @@ class Translator(BaseTranslator):
             ValueError: `precision` is not one of auto, bfloat16, float32.
         """
         chosen, why = inference_precision(precision)
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise ModelDirError(f"model directory not found: {directory}")
-        if not is_model_dir(directory):
-            raise ModelDirError(f"{directory} is not a trained model (no {CONFIG_FILE})")
-        config = load_config(directory / CONFIG_FILE)
-        tokenizers = Tokenizers.load(directory)
-        with dtype_policy(policy_name(chosen)):
-            model = build_model(
-                config.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
-            )
-        path = find_checkpoint(directory, checkpoint)
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
-        log.info("loaded %s in %s (%s)", path, chosen, why)
-        return cls(model, tokenizers, config)
+        member = _read_model_dir(directory)
+        model = _restore(member, checkpoint, chosen, why)
+        return cls(model, member.tokenizers, member.config, (member.directory,))
+
+    @classmethod
+    def from_model_dirs(
+        cls,
+        directories: Sequence[str | Path],
+        checkpoint: str = "best",
+        precision: str = "float32",
+    ) -> Translator:
+        """Loads trained model directories as one ensemble (`ensemble.Ensemble`): each step
+        decodes with the mean of the members' log-probabilities.
+
+        The members must share both SentencePiece models, the languages and the decoding length
+        limits (`ensemble.check_members`); the other decoding defaults (beam size, length
+        penalty, ...) and the data section are the first member's. `precision`: as in
+        `from_model_dir`, for every member.
+
+        Raises:
+            ModelDirError: a directory is missing, is an export or is not a trained model.
+            EnsembleError: fewer than two directories, or members that differ (the message
+                names the member and what differs).
+            ValueError: `precision` is not one of auto, bfloat16, float32.
+        """
+        chosen, why = inference_precision(precision)
+        if len(directories) < 2:
+            raise EnsembleError(f"an ensemble needs at least two models, got {len(directories)}")
+        for directory in directories:
+            if resolve_export_dir(directory) is not None:
+                raise ModelDirError(
+                    f"{directory} is an export: an ensemble is built from training directories "
+                    "(export the ensemble itself with one --model per member)"
+                )
+        members = [_read_model_dir(directory) for directory in directories]
+        check_members(members)  # before any checkpoint is read
+        ensemble = Ensemble([_restore(member, checkpoint, chosen, why) for member in members])
+        first = members[0]
+        return cls(ensemble, first.tokenizers, first.config, tuple(m.directory for m in members))
 
     def source_sentencepiece(self) -> bytes:
         """The source SentencePiece model, which over-long sentences are chunked with."""
@@ -198,6 +242,30 @@ class Translator(BaseTranslator):
             self.tokenizers = Tokenizers(self.tokenizers.source_model, self.tokenizers.target_model)
             self._functions.clear()
             return super()._run(options, batch)
+
+
+def _read_model_dir(directory: str | Path) -> Member:
+    """The config and tokenizers of a trained model directory (no checkpoint read yet)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelDirError(f"model directory not found: {directory}")
+    if not is_model_dir(directory):
+        raise ModelDirError(f"{directory} is not a trained model (no {CONFIG_FILE})")
+    return Member(directory, load_config(directory / CONFIG_FILE), Tokenizers.load(directory))
+
+
+def _restore(member: Member, checkpoint: str, precision: str, why: str) -> Seq2Seq:
+    """Builds `member`'s model computing in `precision` ("float32" or "bfloat16"; `why`: the
+    reason, for the log) and restores its `checkpoint` ("best" or "latest")."""
+    tokenizers = member.tokenizers
+    with dtype_policy(policy_name(precision)):
+        model = build_model(
+            member.config.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
+        )
+    path = find_checkpoint(member.directory, checkpoint)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    log.info("loaded %s in %s (%s)", path, precision, why)
+    return model
 
 
 __all__ = [

@@ -36,6 +36,11 @@ def _decode_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    # Repeatable: two or more --model flags decode the models as one ensemble.
+    parser.add_argument("--model", required=True, action="append", metavar="DIR", help=text)
+
+
 def _decode_options(args: argparse.Namespace) -> dict:
     return {
         "beam_size": args.beam_size,
@@ -229,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("translate", help="translate lines from stdin or a file")
-    p.add_argument("--model", required=True, help="trained model directory")
+    _model_flag(p, "trained model directory or export; repeat for an ensemble")
     p.add_argument("--input", help="input file (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("evaluate", help="sacreBLEU BLEU and chrF as JSON")
-    p.add_argument("--model", required=True, help="trained model directory")
+    _model_flag(p, "trained model directory or export; repeat for an ensemble")
     p.add_argument("--source", help="source file (or a TSV file alone)")
     p.add_argument("--target", help="reference file")
     p.add_argument(
@@ -256,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a versioned SavedModel (tokenization inside)")
-    p.add_argument("--model", required=True, help="trained model directory")
+    _model_flag(p, "trained model directory; repeat to export an ensemble")
     p.add_argument("--output", required=True, help="export base directory, e.g. saved_models/NAME")
     p.add_argument("--beam-size", type=int, help="beam size of the 'beam' signature (default 5)")
     p.add_argument("--n-best", type=int, help="hypotheses of the 'beam' signature (default: beam)")

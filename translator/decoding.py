@@ -1,10 +1,10 @@
 """Greedy and beam search: pure TensorFlow functions over a step callback.
 
 The model is a callback, `step_fn(tokens, state) -> (log_probs, new_state)`, so the search knows
-nothing about layers and tests can drive it with scripted tables. Every loop is an explicit
-`tf.while_loop` over a NamedTuple state, so the functions run eagerly, inside `tf.function` and
-inside `tf.function(autograph=False)` (what `keras.export.ExportArchive` uses), with a dynamic
-batch size and vocabulary.
+nothing about layers and tests can drive it with scripted tables; `mean_step` makes one callback
+of several (an ensemble). Every loop is an explicit `tf.while_loop` over a NamedTuple state, so
+the functions run eagerly, inside `tf.function` and inside `tf.function(autograph=False)` (what
+`keras.export.ExportArchive` uses), with a dynamic batch size and vocabulary.
 
 Conventions shared by both searches:
 
@@ -19,7 +19,7 @@ Conventions shared by both searches:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import tensorflow as tf
@@ -348,3 +348,31 @@ def beam_search(
         log_probs=best.log_probs,
         scores=best.scores,
     )
+
+
+def mean_step(step_fns: Sequence[StepFn]) -> StepFn:
+    """An ensemble's step callback: the mean of the members' log-probabilities.
+
+    The state of the returned `StepFn` is a tuple holding each member's state, so members may
+    keep states of any structure and width; `greedy_search` and `beam_search` carry and
+    reorder it like any other state. The mean of log-probabilities (the log of the geometric
+    mean of the members' distributions, not renormalised) is <= 0 as `StepFn` requires. All
+    members must share the vocabulary (the same ids mean the same pieces).
+
+    Args:
+        step_fns: the members' step callbacks, at least one.
+
+    Raises:
+        ValueError: `step_fns` is empty.
+    """
+    step_fns = tuple(step_fns)
+    if not step_fns:
+        raise ValueError("an ensemble needs at least one step function")
+    count = float(len(step_fns))
+
+    def step(tokens: tf.Tensor, state: tuple) -> tuple[tf.Tensor, tuple]:
+        outputs = [fn(tokens, s) for fn, s in zip(step_fns, state, strict=True)]
+        total = tf.add_n([tf.cast(log_probs, tf.float32) for log_probs, _ in outputs])
+        return total / count, tuple(new for _, new in outputs)  # [N, vocab]
+
+    return step

@@ -23,3 +23,8 @@ class TrainingError(TranslatorError):
 
 class ExportError(TranslatorError):
     """An export cannot be written, or failed its parity check."""
+
+
+class EnsembleError(TranslatorError):
+    """Models given as one ensemble cannot be decoded together (their tokenizers, languages or
+    length limits differ)."""

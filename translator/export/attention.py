@@ -19,6 +19,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from translator.constants import BOS_ID, EOS_ID, PAD_ID
+from translator.ensemble import Ensemble
 from translator.model import Seq2Seq
 from translator.pipeline import prepare_source
 from translator.tokenizer import Tokenizers
@@ -34,12 +35,13 @@ def _pieces(tokenizer, ids: tf.Tensor) -> tf.Tensor:
 
 
 def build_attention_function(
-    model: Seq2Seq, tokenizers: Tokenizers, greedy, max_source_length: int
+    model: Seq2Seq | Ensemble, tokenizers: Tokenizers, greedy, max_source_length: int
 ) -> tf.types.experimental.GenericFunction:
     """The exported `attention` function (see the module docstring).
 
     Args:
-        model: a `Seq2Seq` with attention.
+        model: a `Seq2Seq` with attention, or an `Ensemble` with a member with attention (the
+            weights are then the mean of those members' weights).
         tokenizers: its tokenizers.
         greedy: the greedy translate function (`Translator.translate_function(1, 1, ...)`).
         max_source_length: `decode.max_source_length`: the most source pieces kept.

@@ -11,11 +11,18 @@ raw translations back. Signatures (all string inputs named `text`, shape [batch]
 - `beam`: beam search with `beam_size` and `n_best` fixed at export time (default 5 and 5):
   `translations` [batch, n_best] string, `scores` [batch, n_best] (best first; slots beam search
   could not fill are "" with score -inf).
-- `model_info`: no input; languages, vocabulary fingerprints, training steps, export time,
-  the decoding options of every signature (`decoders`, JSON), the `precision` the export
-  computes in ("bfloat16" or "float32") and its `precision_check` (JSON, see below).
+- `model_info`: no input; languages, vocabulary fingerprints, training steps (-1 for an
+  ensemble), export time, the decoding options of every signature (`decoders`, JSON), the
+  `precision` the export computes in ("bfloat16" or "float32") and its `precision_check` (JSON,
+  see below), and the models it was made from (`members`, JSON: directory, checkpoint,
+  training steps and model config of each; one entry unless it is an ensemble).
 - `attention`, for an attention model only: the greedy translation of each sentence with the
   teacher-forced attention weights [batch, tgt, src] and both sides' pieces (`attention.py`).
+
+An ensemble (`export_model([dir1, dir2, ...])`, see `translator.ensemble`) exports as one
+SavedModel with the same signatures: its members' variables, one pair of tokenizers, and the
+mean of the members' log-probabilities decoded in the graph; its `attention` signature (when a
+member has attention) gives the mean of the attention members' weights.
 
 Each decoding signature wraps `api.build_translate_function`, the code path the Python API runs,
 and is also saved as a plain function `decode_<signature>` returning that function's full dict,
@@ -49,6 +56,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +65,7 @@ import tensorflow as tf
 
 from translator import __version__
 from translator.api import Translator
+from translator.config import load_config
 from translator.errors import ExportError, ModelDirError
 from translator.export.attention import build_attention_function
 from translator.export.layout import (
@@ -81,7 +91,7 @@ from translator.export.parity import (
     parity_sample,
     quality_sample,
 )
-from translator.model_dir import find_checkpoint
+from translator.model_dir import CONFIG_FILE, find_checkpoint
 from translator.precision import inference_precision
 from translator.translating import DecodeOptions
 
@@ -169,7 +179,7 @@ def _training_steps(checkpoint_path: str) -> int:
 
 
 def export_model(
-    model_dir: str | Path,
+    model_dir: str | Path | Sequence[str | Path],
     output: str | Path,
     beam_size: int | None = None,
     n_best: int | None = None,
@@ -179,10 +189,13 @@ def export_model(
     bleu_tolerance: float = BLEU_TOLERANCE,
     precision_sentences: int = PRECISION_SENTENCES,
 ) -> Path:
-    """Exports a trained model directory as the next version under `output`.
+    """Exports a trained model directory, or an ensemble of them, as the next version under
+    `output`.
 
     Args:
-        model_dir: the training output directory (config.yaml, SentencePiece models, checkpoints).
+        model_dir: the training output directory (config.yaml, SentencePiece models,
+            checkpoints), or a list of them: an ensemble (`Translator.from_model_dirs`); its
+            assets are the first member's.
         output: the export base directory, e.g. `saved_models/NAME`; created when missing.
         beam_size: beam size of the `beam` signature (default 5).
         n_best: hypotheses returned by the `beam` signature (default: `beam_size`).
@@ -204,6 +217,7 @@ def export_model(
         ExportError: bad options, an unwritable output, or a failed parity check; nothing
             is left behind.
         ModelDirError: `model_dir` is not a trained model directory.
+        EnsembleError: the members of an ensemble cannot be decoded together.
     """
     beam_size = DEFAULT_BEAM_SIZE if beam_size is None else beam_size
     n_best = beam_size if n_best is None else n_best
@@ -221,16 +235,18 @@ def export_model(
         chosen, why = inference_precision(precision)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
-    model_dir = Path(model_dir)
-    if resolve_export_dir(model_dir) is not None:
-        raise ModelDirError(f"{model_dir} is already an export, not a trained model directory")
-    translator_ = Translator.from_model_dir(model_dir, checkpoint)  # float32
+    single = isinstance(model_dir, (str, os.PathLike))
+    model_dirs = [Path(model_dir)] if single else [Path(d) for d in model_dir]
+    for directory in model_dirs:
+        if resolve_export_dir(directory) is not None:
+            raise ModelDirError(f"{directory} is already an export, not a trained model directory")
+    translator_ = _load(model_dirs, checkpoint, "float32")
     decoders = _decoders(translator_, beam_size, n_best)
     check = None
     if chosen == "bfloat16":
         translator_, check = _bfloat16(
             translator_,
-            model_dir,
+            model_dirs,
             checkpoint,
             decoders,
             precision,
@@ -240,8 +256,7 @@ def export_model(
         if check is None:
             chosen, why = "float32", f"{why}, but no validation data to check bfloat16 on"
     log.info("exporting in %s (%s)", chosen, why)
-    checkpoint_path = find_checkpoint(model_dir, checkpoint)
-    info = _model_info(translator_, decoders, _training_steps(checkpoint_path))
+    info = _model_info(translator_, decoders, _members(model_dirs, checkpoint))
     info["precision"] = chosen
     info["precision_check"] = json.dumps(check or {}, sort_keys=True)
     sample = parity_sample(translator_, parity_sentences)
@@ -253,7 +268,7 @@ def export_model(
         try:
             base.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".export-", suffix=".tmp", dir=base))
-            _write(tmp, translator_, decoders, info, model_dir)
+            _write(tmp, translator_, decoders, info, model_dirs[0])
         except OSError as exc:
             raise ExportError(f"cannot write export to {base}: {exc.strerror or exc}") from None
         check_parity(tmp, translator_, decoders, sample)
@@ -265,13 +280,14 @@ def export_model(
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only empty directories go
         raise
-    log.info("exported %s (step %d) to %s", model_dir, info["training_steps"], version_dir)
+    names = ", ".join(str(d) for d in model_dirs)
+    log.info("exported %s (step %d) to %s", names, info["training_steps"], version_dir)
     return version_dir
 
 
 def _bfloat16(
     float32: Translator,
-    model_dir: Path,
+    model_dirs: Sequence[Path],
     checkpoint: str,
     decoders: dict[str, DecodeOptions],
     setting: str,
@@ -293,12 +309,39 @@ def _bfloat16(
             "cannot check a bfloat16 export: no validation split with references can be read; "
             "export with --precision float32"
         )
-    candidate = Translator.from_model_dir(model_dir, checkpoint, precision="bfloat16")
+    candidate = _load(model_dirs, checkpoint, "bfloat16")
     return candidate, check_precision(candidate, float32, decoders, sample, tolerance)
 
 
-def _model_info(translator_: Translator, decoders: dict[str, DecodeOptions], steps: int) -> dict:
+def _load(model_dirs: Sequence[Path], checkpoint: str, precision: str) -> Translator:
+    """The translator of one model directory, or the ensemble of several, in `precision`."""
+    if len(model_dirs) == 1:
+        return Translator.from_model_dir(model_dirs[0], checkpoint, precision=precision)
+    return Translator.from_model_dirs(model_dirs, checkpoint, precision=precision)
+
+
+def _members(model_dirs: Sequence[Path], checkpoint: str) -> list[dict]:
+    """What `model_info` records of each model an export is made from."""
+    members = []
+    for directory in model_dirs:
+        path = find_checkpoint(directory, checkpoint)
+        config = load_config(directory / CONFIG_FILE)
+        members.append(
+            {
+                "model_dir": str(directory.resolve()),
+                "checkpoint": os.path.basename(path),
+                "training_steps": _training_steps(path),
+                "model": asdict(config.model),
+            }
+        )
+    return members
+
+
+def _model_info(
+    translator_: Translator, decoders: dict[str, DecodeOptions], members: list[dict]
+) -> dict:
     config, fingerprints = translator_.config, translator_.tokenizers.fingerprints()
+    steps = members[0]["training_steps"] if len(members) == 1 else -1
     return {
         "source_lang": config.data.source_lang,
         "target_lang": config.data.target_lang,
@@ -308,6 +351,7 @@ def _model_info(translator_: Translator, decoders: dict[str, DecodeOptions], ste
         "export_time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "translator_version": __version__,
         "decoders": dump_decoders(decoders),
+        "members": json.dumps(members, sort_keys=True),
     }
 
 
@@ -329,6 +373,7 @@ def _write(
     readable = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in info.items()}
     readable["decoders"] = json.loads(info["decoders"])
     readable["precision_check"] = json.loads(info["precision_check"])
+    readable["members"] = json.loads(info["members"])
     (assets / INFO_ASSET).write_text(json.dumps(readable, indent=1) + "\n", encoding="utf-8")
 
 
