@@ -144,7 +144,9 @@ def test_export_round_trip_equals_the_in_process_ensemble(
     trained_dir, attention_dir, pair, sentences, tmp_path
 ):
     # export_model's parity gate already compares a fresh process's outputs with `pair`'s.
-    version_dir = export_model([trained_dir, attention_dir], tmp_path / "ens", parity_sentences=8)
+    version_dir = export_model(
+        [trained_dir, attention_dir], tmp_path / "ens", parity_sentences=8, precision="float32"
+    )
     loaded = Translator.load(version_dir)
     assert isinstance(loaded, ExportedTranslator)
     for options in ({"beam_size": 1}, {"beam_size": 5, "n_best": 3}):
