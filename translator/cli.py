@@ -209,7 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="translator", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="tracebacks and TensorFlow logs")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_train,
+        _add_translate,
+        _add_evaluate,
+        _add_export,
+        _add_serve,
+        _add_plot_history,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
+    """The `train` subcommand."""
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
@@ -233,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_translate(sub) -> None:
+    """The `translate` subcommand."""
     p = sub.add_parser("translate", help="translate lines from stdin or a file")
     _model_flag(p, "trained model directory or export; repeat for an ensemble")
     p.add_argument("--input", help="input file (default: stdin)")
@@ -246,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     _decode_flags(p)
     p.set_defaults(func=cmd_translate)
 
+
+def _add_evaluate(sub) -> None:
+    """The `evaluate` subcommand."""
     p = sub.add_parser("evaluate", help="sacreBLEU BLEU and chrF as JSON")
     _model_flag(p, "trained model directory or export; repeat for an ensemble")
     p.add_argument("--source", help="source file (or a TSV file alone)")
@@ -260,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     _decode_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_export(sub) -> None:
+    """The `export` subcommand."""
     p = sub.add_parser("export", help="write a versioned SavedModel (tokenization inside)")
     _model_flag(p, "trained model directory; repeat to export an ensemble")
     p.add_argument("--output", required=True, help="export base directory, e.g. saved_models/NAME")
@@ -284,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
+
+def _add_serve(sub) -> None:
+    """The `serve` subcommand."""
     p = sub.add_parser(
         "serve", help="HTTP server for an export (TF Serving REST API, a web page at /)"
     )
@@ -306,11 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_plot_history(sub) -> None:
+    """The `plot-history` subcommand."""
     p = sub.add_parser("plot-history", help="PNGs of the training curves from DIR/history.json")
     p.add_argument("directory", help="trained model directory")
     p.add_argument("--output", help="directory for loss.png and scores.png (default: DIR/plots)")
     p.set_defaults(func=cmd_plot_history)
-    return parser
 
 
 def _import_tensorflow_quietly() -> None:

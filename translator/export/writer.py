@@ -231,10 +231,6 @@ def export_model(
         raise ExportError(f"parity_sentences must be >= 1, got {parity_sentences}")
     if precision_sentences < 1:
         raise ExportError(f"precision_sentences must be >= 1, got {precision_sentences}")
-    try:
-        chosen, why = inference_precision(precision)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
     single = isinstance(model_dir, (str, os.PathLike))
     model_dirs = [Path(model_dir)] if single else [Path(d) for d in model_dir]
     for directory in model_dirs:
@@ -242,20 +238,15 @@ def export_model(
             raise ModelDirError(f"{directory} is already an export, not a trained model directory")
     translator_ = _load(model_dirs, checkpoint, "float32")
     decoders = _decoders(translator_, beam_size, n_best)
-    check = None
-    if chosen == "bfloat16":
-        translator_, check = _bfloat16(
-            translator_,
-            model_dirs,
-            checkpoint,
-            decoders,
-            precision,
-            bleu_tolerance,
-            precision_sentences,
-        )
-        if check is None:
-            chosen, why = "float32", f"{why}, but no validation data to check bfloat16 on"
-    log.info("exporting in %s (%s)", chosen, why)
+    translator_, chosen, check = _in_precision(
+        translator_,
+        model_dirs,
+        checkpoint,
+        decoders,
+        precision,
+        bleu_tolerance,
+        precision_sentences,
+    )
     info = _model_info(translator_, decoders, _members(model_dirs, checkpoint))
     info["precision"] = chosen
     info["precision_check"] = json.dumps(check or {}, sort_keys=True)
@@ -283,6 +274,36 @@ def export_model(
     names = ", ".join(str(d) for d in model_dirs)
     log.info("exported %s (step %d) to %s", names, info["training_steps"], version_dir)
     return version_dir
+
+
+def _in_precision(
+    float32: Translator,
+    model_dirs: Sequence[Path],
+    checkpoint: str,
+    decoders: dict[str, DecodeOptions],
+    precision: str,
+    tolerance: float,
+    sentences: int,
+) -> tuple[Translator, str, dict | None]:
+    """The translator to export for `precision` ("auto", "bfloat16" or "float32"), the
+    precision chosen, and the bfloat16 gate's report (None in float32).
+
+    Raises:
+        ExportError: an unknown precision, or bfloat16 that failed or cannot be checked.
+    """
+    try:
+        chosen, why = inference_precision(precision)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    translator_, check = float32, None
+    if chosen == "bfloat16":
+        translator_, check = _bfloat16(
+            float32, model_dirs, checkpoint, decoders, precision, tolerance, sentences
+        )
+        if check is None:
+            chosen, why = "float32", f"{why}, but no validation data to check bfloat16 on"
+    log.info("exporting in %s (%s)", chosen, why)
+    return translator_, chosen, check
 
 
 def _bfloat16(
