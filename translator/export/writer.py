@@ -206,7 +206,7 @@ def export_model(
             `translator.precision`), "bfloat16" or "float32": what the export computes in.
             A bfloat16 export must pass `parity.check_precision` (BLEU within
             `bleu_tolerance` of float32 on `precision_sentences` validation pairs); with
-            "auto" and no validation data to check it on, the export is float32.
+            "auto", no validation data to check it on or a failed check gives a float32 export.
         bleu_tolerance: the bfloat16 gate's tolerance in BLEU points.
         precision_sentences: validation pairs the bfloat16 gate translates.
 
@@ -289,7 +289,8 @@ def _in_precision(
     precision chosen, and the bfloat16 gate's report (None in float32).
 
     Raises:
-        ExportError: an unknown precision, or bfloat16 that failed or cannot be checked.
+        ExportError: an unknown precision, or an explicit "bfloat16" that failed its check
+            or cannot be checked ("auto" falls back to float32 then, with a warning).
     """
     try:
         chosen, why = inference_precision(precision)
@@ -297,9 +298,16 @@ def _in_precision(
         raise ExportError(str(exc)) from None
     translator_, check = float32, None
     if chosen == "bfloat16":
-        translator_, check = _bfloat16(
-            float32, model_dirs, checkpoint, decoders, precision, tolerance, sentences
-        )
+        try:
+            translator_, check = _bfloat16(
+                float32, model_dirs, checkpoint, decoders, precision, tolerance, sentences
+            )
+        except ExportError as exc:
+            if precision != "auto":
+                raise
+            # auto means "bfloat16 where it keeps the quality": a failed gate falls back.
+            log.warning("%s; exporting in float32", exc)
+            return float32, "float32", None
         if check is None:
             chosen, why = "float32", f"{why}, but no validation data to check bfloat16 on"
     log.info("exporting in %s (%s)", chosen, why)
