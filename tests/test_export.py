@@ -295,6 +295,14 @@ def test_failed_precision_gate_leaves_nothing_behind(trained_dir, tmp_path, capl
     assert list(tmp_path.iterdir()) == []  # no version directory, no base directory
 
 
+def test_auto_precision_falls_back_to_float32_when_the_gate_fails(trained_dir, tmp_path):
+    # auto: bfloat16 only where it keeps the quality (on a CPU without bfloat16, float32 anyway)
+    version_dir = export_model(
+        trained_dir, tmp_path / "m", precision="auto", bleu_tolerance=-1.0, parity_sentences=8
+    )
+    assert Translator.load(version_dir).precision == "float32"
+
+
 def test_bad_precision_is_refused_before_anything_is_written(trained_dir, tmp_path, capsys):
     with pytest.raises(ExportError, match="precision must be one of auto, bfloat16, float32"):
         export_model(trained_dir, tmp_path / "m", precision="float16")
