@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -95,6 +96,15 @@ def encoded_split(args: argparse.Namespace, config: Config, split: str):
     tokenizers = tokenizers_for(args, config, corpus)
     encoded = encode_corpus(tokenizers, corpus.sources, corpus.targets, config.data.max_length)
     return tokenizers, encoded
+
+
+def write_json(result: dict, output: str | None) -> None:
+    """Prints `result` as JSON and, with `output`, writes the same text there."""
+    text = json.dumps(result, indent=1, ensure_ascii=False)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n", encoding="utf-8")
+    print(text)
 
 
 def median(values) -> float:

@@ -13,7 +13,6 @@ the speeds carry its load, which the JSON records (`machine.load_average`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
+from common import machine, write_json  # noqa: E402
 from quality import decode_and_score, git_commit  # noqa: E402
 
 from translator import data as data_lib  # noqa: E402
@@ -80,11 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("give two or more --model directories")
     result = compare(args.model, args.source, args.target, args.beam_size, args.limit)
     result.update(git_commit=git_commit(), machine=machine())
-    text = json.dumps(result, indent=1, ensure_ascii=False)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    write_json(result, args.output)
     return result
 
 

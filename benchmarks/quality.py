@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
+from common import machine, write_json  # noqa: E402
 
 from translator import data as data_lib  # noqa: E402
 from translator.api import Translator  # noqa: E402
@@ -115,11 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         "git_commit": git_commit(),
         "machine": machine(),
     }
-    text = json.dumps(result, indent=1, ensure_ascii=False)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    write_json(result, args.output)
     return result
 
 
