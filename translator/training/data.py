@@ -153,8 +153,7 @@ def train_batches(
     shards = shard[0]
     return make_dataset(
         pairs,
-        max(1, cfg.batch_size // shards),
-        max(1, cfg.batch_tokens // shards) if cfg.batch_tokens else 0,
+        *_shard_batch_sizes(cfg, shards),
         cfg.bucket_width,
         config.data.max_length,
         shuffle=True,
@@ -212,9 +211,14 @@ def count_batches(pairs: TrainingPairs, config: Config, workers: int = 1) -> int
     shards = workers
     return estimate_batches(
         pairs,
-        max(1, cfg.batch_size // shards),
-        max(1, cfg.batch_tokens // shards) if cfg.batch_tokens else 0,
+        *_shard_batch_sizes(cfg, shards),
         cfg.bucket_width,
         config.data.max_length,
         shards,
     )
+
+
+def _shard_batch_sizes(cfg, shards: int) -> tuple[int, int]:
+    """One shard's (sentences, tokens) per batch: 1/shards of a global batch (tokens 0: off)."""
+    tokens = max(1, cfg.batch_tokens // shards) if cfg.batch_tokens else 0
+    return max(1, cfg.batch_size // shards), tokens
