@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Under pytest-xdist (a worker per core), one intra-op and one inter-op thread per TensorFlow
+# process, this one's and the subprocesses' its tests start: TensorFlow's own pools (a thread
+# per core each) would put several busy threads on each core (README, "Tests").
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -135,18 +141,22 @@ def attention_export(attention_dir, tmp_path_factory) -> Path:
 # longest files that do not need that model, instead of waiting for it.
 FIRST = (
     "test_api.py",
-    "test_notebooks.py",
-    "test_train_faults.py",
     "test_distribute.py",
-    "test_serving.py",
-    "test_fuzz_server.py",
-    "test_train.py",
+    "test_budget.py",
+    "test_train_faults.py",
+    "test_notebooks.py",
     "test_export.py",
+    "test_serving.py",
+    "test_ensemble.py",
     "test_page.py",
+    "test_finetune.py",
     "test_soak.py",
-    "test_cli.py",
-    "test_checkpoints.py",
+    "test_streaming.py",
     "test_speed_options.py",
+    "test_fuzz_corpus.py",
+    "test_train.py",
+    "test_lstm.py",
+    "test_fuzz_server.py",
 )
 
 

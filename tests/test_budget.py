@@ -60,7 +60,7 @@ def test_planner_fills_what_is_left_after_the_reserve():
 
 # -- budgeted training on the synthetic task -------------------------------------------------
 
-BUDGET_MINUTES = 1.0
+BUDGET_MINUTES = 0.75
 SLACK = 0.05  # README: a budgeted process ends within its budget plus at most 5%
 
 

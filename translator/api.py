@@ -67,7 +67,9 @@ def build_translate_function(
             f"got beam_size={beam_size}, n_best={n_best}"
         )
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    # No AutoGraph: every loop is an explicit tf.while_loop (translator/decoding.py), and
+    # converting the model's source costs seconds at each process's first translation.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def translate(texts: tf.Tensor) -> dict[str, tf.Tensor]:
         source, source_lengths = prepare_source(tokenizers.source, texts, max_source_length)
         kept = tf.minimum(source_lengths, max_source_length)

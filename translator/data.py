@@ -144,6 +144,7 @@ def normalise_strings(text: tf.Tensor) -> tf.Tensor:
     return tf.strings.regex_replace(text, _ENDS_RE2, "")
 
 
+@tf.autograph.experimental.do_not_convert
 def _normalised_pairs(source: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Raw pairs `[n]` -> normalised pairs with both sides non-empty."""
     source, target = normalise_strings(source), normalise_strings(target)

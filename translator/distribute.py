@@ -212,9 +212,11 @@ def distribute_batches(
         local = replicas // context.num_input_pipelines
         if callable(dataset):
             own = dataset(context.num_input_pipelines, context.input_pipeline_id)
-            return own.map(lambda *batch: _slices(batch, local)).unbatch()
+            own_slices = tf.autograph.experimental.do_not_convert(lambda *b: _slices(b, local))
+            return own.map(own_slices).unbatch()
         first = context.input_pipeline_id * local
 
+        @tf.autograph.experimental.do_not_convert
         def slices(*batch):  # this worker's replicas' slices only
             return tuple(t[first : first + local] for t in _slices(batch, replicas))
 

@@ -80,6 +80,7 @@ def encode_batches(
     target [n', (pieces)])` ragged int32 ids, tokenized in-graph; the pairs `encode_corpus` drops
     (an empty side, or more than `max_length` pieces) are dropped."""
 
+    @tf.autograph.experimental.do_not_convert
     def encode(sources: tf.Tensor, targets: tf.Tensor):
         source = tokenizers.source.tokenize(sources)  # [n, (pieces)]
         target = tokenizers.target.tokenize(targets)
@@ -182,6 +183,7 @@ def prepare_source(
     return source, source_lengths
 
 
+@tf.autograph.experimental.do_not_convert
 def _add_specials(source: tf.Tensor, target: tf.Tensor):
     """source + EOS, BOS + target, target + EOS."""
     eos = tf.constant([EOS_ID], tf.int32)

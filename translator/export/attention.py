@@ -49,7 +49,7 @@ def build_attention_function(
     if model.attention == "none":
         raise ValueError("an attention signature needs a model with attention")
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")], autograph=False)
     def attention(text: tf.Tensor) -> dict[str, tf.Tensor]:
         translation = greedy(text)["translations"][:, 0]  # [batch]
         source, _ = prepare_source(tokenizers.source, text, max_source_length)  # [batch, src]

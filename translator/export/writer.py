@@ -137,7 +137,9 @@ def _attention(translator_: Translator) -> tf.types.experimental.GenericFunction
 
 
 def _best_only(fn) -> tf.types.experimental.GenericFunction:
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)], autograph=False
+    )
     def serve(text: tf.Tensor) -> dict[str, tf.Tensor]:
         out = fn(text)
         return {"translation": out["translations"][:, 0], "score": out["scores"][:, 0]}
@@ -146,7 +148,9 @@ def _best_only(fn) -> tf.types.experimental.GenericFunction:
 
 
 def _n_best(fn) -> tf.types.experimental.GenericFunction:
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)], autograph=False
+    )
     def serve(text: tf.Tensor) -> dict[str, tf.Tensor]:
         out = fn(text)
         return {"translations": out["translations"], "scores": out["scores"]}

@@ -32,15 +32,17 @@ class StepFunctions:
         config: TrainConfig,
     ):
         self.model, self.optimizer, self.strategy, self.config = model, optimizer, strategy, config
+        # No AutoGraph: the steps and the model hold no Python control flow on tensors (their
+        # loops are explicit tf.while_loops), and converting their source took more than half
+        # of a short training process's CPU time.
+        step = {"reduce_retracing": True, "autograph": False}
         jit = config.jit_compile
-        replica_train = tf.function(self._replica_train, jit_compile=jit, reduce_retracing=True)
-        replica_eval = tf.function(self._replica_eval, jit_compile=jit, reduce_retracing=True)
+        replica_train = tf.function(self._replica_train, jit_compile=jit, **step)
+        replica_eval = tf.function(self._replica_eval, jit_compile=jit, **step)
         self.train_step = tf.function(
-            lambda batch, stop: self._run(replica_train, batch, stop), reduce_retracing=True
+            lambda batch, stop: self._run(replica_train, batch, stop), **step
         )
-        self.eval_step = tf.function(
-            lambda batch: self._run(replica_eval, batch)[:2], reduce_retracing=True
-        )
+        self.eval_step = tf.function(lambda batch: self._run(replica_eval, batch)[:2], **step)
 
     def _replica_train(self, batch, stop):
         with tf.GradientTape() as tape:
