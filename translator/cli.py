@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from translator.constants import CHECKPOINT_CHOICES
+from translator.constants import CHECKPOINT_CHOICES, FLOAT32_BELOW_ROWS
 from translator.errors import DataError, TranslatorError
 
 
@@ -311,6 +311,13 @@ def _add_export(sub) -> None:
         action="store_true",
         help="a bfloat16 export casts the decoder weights in every call instead of saving "
         "bfloat16 copies (smaller export, slower calls; same translations)",
+    )
+    p.add_argument(
+        "--float32-below-rows",
+        type=int,
+        default=FLOAT32_BELOW_ROWS,
+        help="a bfloat16 export translates calls of fewer rows (sentences x beam size) in "
+        f"float32, where bfloat16 does not pay; 0: never (default {FLOAT32_BELOW_ROWS})",
     )
     p.set_defaults(func=cmd_export)
 
