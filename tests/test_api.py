@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from translator.api import Hypothesis, Translator
+from translator.constants import FLOAT32_BELOW_ROWS
 from translator.decoding import beam_search, greedy_search
 from translator.model import build_model
 
@@ -135,3 +136,24 @@ def test_bad_input_types(translator, texts, error, match):
 def test_bad_decode_options(translator, kwargs, match):
     with pytest.raises(ValueError, match=match):
         translator.translate(["da rosso hunto"], **kwargs)
+
+
+def test_bfloat16_translates_small_batches_exactly_as_float32(translator, trained_dir, sources):
+    bf16 = Translator.from_model_dir(trained_dir, precision="bfloat16")
+    assert bf16.float32_below == FLOAT32_BELOW_ROWS
+    bf16.float32_below = 3  # calls of fewer than 3 rows (sentences x beam) run in float32
+    batch = sources[:8]
+
+    def scores(t, texts, **kw):
+        return [h[0].score for h in t.translate(texts, return_scores=True, **kw)]
+
+    want = scores(translator, batch, batch_size=1)
+    assert scores(bf16, batch, batch_size=1) == want  # one row per call: float32, bitwise
+    assert scores(bf16, batch, batch_size=2) == want
+    assert scores(bf16, batch, batch_size=1, beam_size=3) != scores(  # 3 rows: bfloat16
+        translator, batch, batch_size=1, beam_size=3
+    )
+    assert scores(bf16, batch, batch_size=8) != scores(translator, batch, batch_size=8)
+    never = Translator.from_model_dir(trained_dir, precision="bfloat16")
+    never.float32_below = 0
+    assert scores(never, batch, batch_size=1) != want

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from translator.api import Translator
 from translator.cli import main
@@ -280,6 +281,9 @@ def test_bfloat16_export_passes_the_precision_gate_and_reports_it(
         assert 0.5 <= row["identical"] <= 1.0
     loaded = Translator.load(base)
     assert loaded.precision == "bfloat16" and loaded.info["precision"] == "bfloat16"
+    # the decoder's weights were cast at export time and saved (`search_step.store_weights`)
+    stored = loaded.loaded.stored_weights
+    assert stored and {v.dtype for v in stored} == {tf.bfloat16}
     assert json.loads(loaded.info["precision_check"]) == check
     info = json.loads((base / "1" / "assets" / "export.json").read_text())
     assert info["precision"] == "bfloat16" and info["precision_check"] == check

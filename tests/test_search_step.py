@@ -94,3 +94,42 @@ def test_search_step_keeps_the_fixed_state_out_of_the_loop():
     _, loop_state = m.search_step(state, beam_size=4)
     assert sorted(loop_state) == ["c0", "feed", "h0"]
     assert loop_state["h0"].shape[0] == 3  # per sentence: beam_search repeats it
+
+
+def _weight_casts(fn, *args) -> list[str]:
+    """The matrix casts of `fn`'s graph outside the encoder (whose layers cast their own
+    weights once per call, as does the attention keys' projection)."""
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    encoder_side = ("encoder", "bridge", "memory_dense")
+    return [
+        op.name
+        for op in graph.get_operations()
+        if op.type == "Cast"
+        and op.inputs[0].shape.rank == 2
+        and op.inputs[0].op.type in ("ReadVariableOp", "Identity")
+        and not any(part in op.name for part in encoder_side)
+    ]
+
+
+@pytest.mark.parametrize("variant", ["luong-tied-bridge", "bahdanau-2-layers"])
+def test_stored_bfloat16_weights_are_cast_once_and_decode_the_same(variant):
+    m = model(variant, "mixed_bfloat16")
+
+    def search(source):
+        step, loop_state = m.search_step(m.encode(source), 3)
+        return beam_search(step, loop_state, MAX_LENGTHS, 3, 0.6, n_best=3)
+
+    cast_per_call = search(SOURCE)
+    assert _weight_casts(search, SOURCE)  # without stored weights a call casts them
+    stored = m.store_search_weights()
+    assert stored and all(v.dtype == tf.bfloat16 and not v.trainable for v in stored)
+    assert m.stored_weights() == stored
+    assert not any(v is w for v in stored for w in m.weights)  # not model weights
+    assert not _weight_casts(search, SOURCE)  # the decoder's matrices are read as bfloat16
+    for got, want in zip(search(SOURCE), cast_per_call, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_float32_has_nothing_to_store():
+    m = model("luong")
+    assert m.store_search_weights() == [] and m.stored_weights() == []

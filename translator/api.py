@@ -19,7 +19,8 @@ from pathlib import Path
 import tensorflow as tf
 
 from translator.config import Config, load_config
-from translator.decoding import beam_search, greedy_search
+from translator.constants import FLOAT32_BELOW_ROWS
+from translator.decoding import DecodeResult, beam_search, greedy_search
 from translator.ensemble import Ensemble, Member, check_members
 from translator.errors import EnsembleError, ModelDirError
 from translator.export.layout import resolve_export_dir
@@ -27,7 +28,12 @@ from translator.export.loaded import ExportedTranslator
 from translator.model import Seq2Seq, build_model
 from translator.model_dir import CONFIG_FILE, find_checkpoint, is_model_dir
 from translator.pipeline import prepare_source
-from translator.precision import dtype_policy, inference_precision, policy_name
+from translator.precision import (
+    computing_in_float32,
+    dtype_policy,
+    inference_precision,
+    policy_name,
+)
 from translator.tokenizer import Tokenizers
 from translator.translating import (
     CHARS_PER_PIECE,
@@ -52,8 +58,13 @@ def build_translate_function(
     max_length_ratio: float = 2.0,
     max_length: int = 256,
     max_source_length: int = 256,
+    float32_below: int = 0,
 ) -> tf.types.experimental.GenericFunction:
     """A `tf.function` from a [batch] string tensor to translations, entirely in-graph.
+
+    A bfloat16 `model` with `float32_below` > 0 encodes and decodes a batch of fewer than that
+    many rows (sentences x beam size) in float32 instead, exactly as the float32 model would
+    (`precision.computing_in_float32`; both paths are in the graph, chosen per call).
 
     Returns a function whose output is a dict:
         translations [batch, n_best] string, scores / log_probs [batch, n_best] float32,
@@ -75,11 +86,22 @@ def build_translate_function(
         kept = tf.minimum(source_lengths, max_source_length)
         limit = tf.cast(tf.math.ceil(max_length_ratio * tf.cast(kept, tf.float32)), tf.int32)
         max_lengths = tf.minimum(limit + LENGTH_MARGIN, max_length)  # [batch]
-        step, state = model.search_step(model.encode(source, training=False), beam_size)
-        if beam_size == 1:
-            result = greedy_search(step, state, max_lengths, length_penalty=length_penalty)
+
+        def search() -> DecodeResult:
+            step, state = model.search_step(model.encode(source, training=False), beam_size)
+            if beam_size == 1:
+                return greedy_search(step, state, max_lengths, length_penalty=length_penalty)
+            return beam_search(step, state, max_lengths, beam_size, length_penalty, n_best)
+
+        def search_in_float32() -> DecodeResult:
+            with computing_in_float32(model):
+                return search()
+
+        if float32_below > 0 and _bfloat16(model):
+            rows = tf.shape(source)[0] * beam_size
+            result = tf.cond(rows < float32_below, search_in_float32, search)
         else:
-            result = beam_search(step, state, max_lengths, beam_size, length_penalty, n_best)
+            result = search()
         batch = tf.shape(result.tokens)[0]
         n = tf.shape(result.tokens)[1]
         flat = tf.reshape(result.tokens, [batch * n, -1])
@@ -102,6 +124,9 @@ def build_translate_function(
 class Translator(BaseTranslator):
     """A trained model (or an ensemble of them) with its tokenizers and decoding defaults.
 
+    In bfloat16, a batch of fewer than `float32_below` rows (sentences x beam size; default
+    `FLOAT32_BELOW_ROWS`, 0: never) is translated in float32, where bfloat16 does not pay.
+
     Example:
         >>> t = Translator.load("runs/multi30k_de_en")
         >>> t.translate(["Ein Mann fährt Fahrrad."])
@@ -116,11 +141,14 @@ class Translator(BaseTranslator):
         tokenizers: Tokenizers,
         config: Config,
         model_dirs: Sequence[Path] = (),
+        float32_below: int = FLOAT32_BELOW_ROWS,
     ):
         super().__init__(config)
         self.model = model
         self.tokenizers = tokenizers
         self.model_dirs = tuple(model_dirs)  # where the model (each member) was loaded from
+        # bfloat16 only: batches of fewer rows decode in float32 (`build_translate_function`)
+        self.float32_below = float32_below
         self._functions: dict[DecodeOptions, tf.types.experimental.GenericFunction] = {}
 
     @property
@@ -156,7 +184,11 @@ class Translator(BaseTranslator):
 
     @classmethod
     def from_model_dir(
-        cls, directory: str | Path, checkpoint: str = "best", precision: str = "float32"
+        cls,
+        directory: str | Path,
+        checkpoint: str = "best",
+        precision: str = "float32",
+        store_weights: bool = True,
     ) -> Translator:
         """Loads a trained model directory (config, SentencePiece models, checkpoints).
 
@@ -167,6 +199,9 @@ class Translator(BaseTranslator):
                 "bfloat16" (matmuls in bfloat16, variables float32; fast where the hardware
                 has it) or "auto" (`precision.inference_precision`: bfloat16 where native).
                 An export records its own (`translator export --precision`).
+            store_weights: in bfloat16, keep the decoder's weights cast once in variables
+                (`Seq2Seq.store_search_weights`: more memory, no casts per call); False casts
+                them in every call. Translations are the same either way.
 
         Raises:
             ModelDirError: `directory` is missing or is not a trained model directory.
@@ -174,7 +209,7 @@ class Translator(BaseTranslator):
         """
         chosen, why = inference_precision(precision)
         member = _read_model_dir(directory)
-        model = _restore(member, checkpoint, chosen, why)
+        model = _restore(member, checkpoint, chosen, why, store_weights)
         return cls(model, member.tokenizers, member.config, (member.directory,))
 
     @classmethod
@@ -183,14 +218,15 @@ class Translator(BaseTranslator):
         directories: Sequence[str | Path],
         checkpoint: str = "best",
         precision: str = "float32",
+        store_weights: bool = True,
     ) -> Translator:
         """Loads trained model directories as one ensemble (`ensemble.Ensemble`): each step
         decodes with the mean of the members' log-probabilities.
 
         The members must share both SentencePiece models, the languages and the decoding length
         limits (`ensemble.check_members`); the other decoding defaults (beam size, length
-        penalty, ...) and the data section are the first member's. `precision`: as in
-        `from_model_dir`, for every member.
+        penalty, ...) and the data section are the first member's. `precision` and
+        `store_weights`: as in `from_model_dir`, for every member.
 
         Raises:
             ModelDirError: a directory is missing, is an export or is not a trained model.
@@ -209,7 +245,8 @@ class Translator(BaseTranslator):
                 )
         members = [_read_model_dir(directory) for directory in directories]
         check_members(members)  # before any checkpoint is read
-        ensemble = Ensemble([_restore(member, checkpoint, chosen, why) for member in members])
+        models = [_restore(m, checkpoint, chosen, why, store_weights) for m in members]
+        ensemble = Ensemble(models)
         first = members[0]
         return cls(ensemble, first.tokenizers, first.config, tuple(m.directory for m in members))
 
@@ -230,6 +267,7 @@ class Translator(BaseTranslator):
                 *key,
                 max_length=decode.max_length,
                 max_source_length=decode.max_source_length,
+                float32_below=self.float32_below,
             )
         return self._functions[key]
 
@@ -246,6 +284,11 @@ class Translator(BaseTranslator):
             return super()._run(options, batch)
 
 
+def _bfloat16(model: Seq2Seq | Ensemble) -> bool:
+    """Whether `model` (or a member of an ensemble) computes in bfloat16."""
+    return any(m.compute_dtype == "bfloat16" for m in getattr(model, "members", [model]))
+
+
 def _read_model_dir(directory: str | Path) -> Member:
     """The config and tokenizers of a trained model directory (no checkpoint read yet)."""
     directory = Path(directory)
@@ -256,9 +299,12 @@ def _read_model_dir(directory: str | Path) -> Member:
     return Member(directory, load_config(directory / CONFIG_FILE), Tokenizers.load(directory))
 
 
-def _restore(member: Member, checkpoint: str, precision: str, why: str) -> Seq2Seq:
+def _restore(
+    member: Member, checkpoint: str, precision: str, why: str, store_weights: bool = True
+) -> Seq2Seq:
     """Builds `member`'s model computing in `precision` ("float32" or "bfloat16"; `why`: the
-    reason, for the log) and restores its `checkpoint` ("best" or "latest")."""
+    reason, for the log), restores its `checkpoint` ("best" or "latest") and, with
+    `store_weights`, keeps the search step's weights cast once (`store_search_weights`)."""
     tokenizers = member.tokenizers
     with dtype_policy(policy_name(precision)):
         model = build_model(
@@ -267,6 +313,8 @@ def _restore(member: Member, checkpoint: str, precision: str, why: str) -> Seq2S
     path = find_checkpoint(member.directory, checkpoint)
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
     log.info("loaded %s in %s (%s)", path, precision, why)
+    if store_weights:
+        model.store_search_weights()
     return model
 
 

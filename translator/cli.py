@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from translator.constants import CHECKPOINT_CHOICES
+from translator.constants import CHECKPOINT_CHOICES, FLOAT32_BELOW_ROWS
 from translator.errors import DataError, TranslatorError
 
 
@@ -164,6 +164,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         parity_sentences=args.parity_sentences,
         precision=args.precision,
         bleu_tolerance=args.bleu_tolerance,
+        store_weights=not args.cast_weights_per_call,
+        float32_below=args.float32_below_rows,
     )
     info = json.loads((version_dir / ASSETS_DIR / INFO_ASSET).read_text(encoding="utf-8"))
     summary = {"export": str(version_dir), "version": int(version_dir.name)}
@@ -303,6 +305,19 @@ def _add_export(sub) -> None:
         type=float,
         default=0.3,
         help="how far a bfloat16 export's validation BLEU may be from float32's (default 0.3)",
+    )
+    p.add_argument(
+        "--cast-weights-per-call",
+        action="store_true",
+        help="a bfloat16 export casts the decoder weights in every call instead of saving "
+        "bfloat16 copies (smaller export, slower calls; same translations)",
+    )
+    p.add_argument(
+        "--float32-below-rows",
+        type=int,
+        default=FLOAT32_BELOW_ROWS,
+        help="a bfloat16 export translates calls of fewer rows (sentences x beam size) in "
+        f"float32, where bfloat16 does not pay; 0: never (default {FLOAT32_BELOW_ROWS})",
     )
     p.set_defaults(func=cmd_export)
 

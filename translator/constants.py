@@ -34,3 +34,9 @@ def decoder_width(units: int, decoder_units: int, bridge: bool) -> int:
             f"width is 2 * units = {2 * units})"
         )
     return decoder_units or 2 * units
+
+
+# A bfloat16 model decodes batches of fewer rows (sentences x beam) than this in float32: on an
+# AMX CPU a bfloat16 matmul of one decoder step was slower than float32's up to 2-4 rows (1.2-
+# 1.5x at one row, weights already bfloat16) and faster from 6-8 (benchmarks/RESULTS.md).
+FLOAT32_BELOW_ROWS = 6

@@ -118,6 +118,10 @@ class Ensemble(tf.Module):
         pairs = [m.search_step(s, beam_size) for m, s in zip(self.members, state, strict=True)]
         return mean_step([step for step, _ in pairs]), tuple(start for _, start in pairs)
 
+    def stored_weights(self) -> list[tf.Variable]:
+        """Every member's `Seq2Seq.stored_weights`."""
+        return [v for m in self.members for v in m.stored_weights()]
+
     def attention_weights(self, source_ids, target_in) -> tf.Tensor:
         """The mean teacher-forced attention `[batch, tgt, src]` (float32) of the members
         with attention.

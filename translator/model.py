@@ -15,7 +15,7 @@ from translator.config import ModelConfig
 from translator.constants import ATTENTION_KINDS, decoder_width
 from translator.decoder import Decoder
 from translator.layers import Bridge, Encoder
-from translator.search_step import search_step
+from translator.search_step import search_step, store_weights, stored_variables
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -162,6 +162,15 @@ class Seq2Seq(keras.Model):
             return ops.log_softmax(logits, axis=-1), carry
 
         return log_probs_step, loop_state
+
+    def store_search_weights(self) -> list[tf.Variable]:
+        """Keeps the search step's weights cast to the compute dtype in variables, so a search
+        casts nothing (`search_step.store_weights`); returns them (none in float32)."""
+        return store_weights(self.decoder)
+
+    def stored_weights(self) -> list[tf.Variable]:
+        """The variables `store_search_weights` made (an export must hold them)."""
+        return stored_variables(self.decoder)
 
     def attention_weights(self, source_ids, target_in) -> tf.Tensor:
         """Teacher-forced attention weights `[batch, tgt, src]` (float32) for heatmaps."""

@@ -107,3 +107,23 @@ def dtype_policy(policy: str):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def computing_in_float32(model):
+    """Every layer of `model` (a `Seq2Seq`, or an `Ensemble` of them) computes in float32
+    while a graph is traced inside, then in its own policy again.
+
+    Variables stay float32 under `mixed_bfloat16`, so a bfloat16 model traced in here is the
+    float32 model, operation for operation: a bfloat16 export's float32 path for batches too
+    small for bfloat16 to pay (`api.build_translate_function`'s `float32_below`).
+    """
+    members = getattr(model, "members", [model])
+    saved = [(layer, layer.dtype_policy) for m in members for layer in m._flatten_layers()]
+    for layer, _ in saved:
+        layer.dtype_policy = FLOAT32
+    try:
+        yield
+    finally:
+        for layer, policy in saved:
+            layer.dtype_policy = policy

@@ -6,7 +6,10 @@
 gathers the encoder memory and keys (which never change) at every step. `search_step` builds
 the callback once per translate call, before the loop:
 
-- every weight is cast to the compute dtype once (the tied output matrix transposed once);
+- every weight is cast to the compute dtype once (the tied output matrix transposed once), or
+  not at all: `store_weights` keeps the cast copies in variables (a bfloat16 `Translator`
+  does at load, an export saves them), so a call reads bfloat16 weights and casts nothing
+  (for one sentence the casts of a call cost more than the steps they speed up);
 - `memory`, `keys` and `memory_mask` stay out of the loop state (repeated `beam_size` times
   up front), and the previous step's attention weights, which decoding never reads, are not
   carried;
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import keras
 import tensorflow as tf
 from keras import ops
 
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
 FIXED = ("memory", "keys", "memory_mask")  # encoder-side state: the same at every step
 UNUSED = ("attention",)  # carried by teacher forcing for heatmaps; a search never reads it
+STORED = "_stored_search_weights"  # the Decoder attribute `store_weights` sets
 
 
 def _weights(decoder: Decoder) -> dict:
@@ -61,6 +66,35 @@ def _weights(decoder: Decoder) -> dict:
     else:
         w["output"] = (cast(decoder.output_dense.kernel), decoder.output_dense.bias)
     return w
+
+
+def store_weights(decoder: Decoder) -> list[tf.Variable]:
+    """Casts the weights a bfloat16 step multiplies by once, now, into variables that every
+    later `search_step` of `decoder` reads instead of casting per call; returns the new
+    variables (non-trainable; an export must hold them). Nothing to store in float32.
+
+    The values are the casts a call would compute, so translations do not change. The
+    variables are kept out of the Keras layer's tracking (they are not model weights and no
+    checkpoint holds them); restore weights before storing, they are not kept in sync.
+    """
+    if decoder.compute_dtype == "float32":
+        return []
+    new: list[tf.Variable] = []
+
+    def keep(value):
+        if value is None or isinstance(value, (tf.Variable, keras.Variable)):
+            return value  # float32 biases: read as they are
+        new.append(tf.Variable(value, trainable=False, name=f"stored_{len(new)}"))
+        return new[-1]
+
+    weights = tf.nest.map_structure(keep, _weights(decoder))
+    object.__setattr__(decoder, STORED, (weights, new))  # not a Keras-tracked attribute
+    return new
+
+
+def stored_variables(decoder: Decoder) -> list[tf.Variable]:
+    """The variables `store_weights` made for `decoder` (empty if it made none)."""
+    return list(getattr(decoder, STORED, ({}, []))[1])
 
 
 def _lstm(x, h, c, weights):
@@ -109,7 +143,7 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
         return float32_step, carried
     # the cell state stays float32 through the loop
     carried = {k: ops.cast(v, "float32") if k[0] == "c" else v for k, v in carried.items()}
-    w = _weights(decoder)
+    w = getattr(decoder, STORED, (None,))[0] or _weights(decoder)
     embeddings = decoder.embedding.embeddings
     attention = decoder.attention != "none"
 

@@ -37,7 +37,10 @@ Precision (`precision="auto"`, the default): bfloat16 where the hardware runs it
 `mixed_bfloat16` policy (variables stay float32, matmuls run in bfloat16) and must first pass
 the precision gate (`parity.check_precision`: BLEU within 0.3 of the float32 model on the
 validation sample, the share of identical translations reported); a float32 export translates
-exactly as the float32 model does.
+exactly as the float32 model does. A bfloat16 export saves the decoder's weights cast to
+bfloat16 (`store_weights`: a call casts nothing) and translates a call of fewer than
+`float32_below` rows (sentences x beam size; `model_info`'s `float32_below_rows`) in float32,
+exactly as the float32 export: for a sentence or two bfloat16 is slower on CPU.
 
 The graph translates each input whole: splitting inputs into sentences (`decode.split`,
 `splitting.py`) is not in it, because the sentence splitter (sentencex) is not a TensorFlow op.
@@ -66,6 +69,7 @@ import tensorflow as tf
 from translator import __version__
 from translator.api import Translator
 from translator.config import load_config
+from translator.constants import FLOAT32_BELOW_ROWS
 from translator.errors import ExportError, ModelDirError
 from translator.export.attention import build_attention_function
 from translator.export.layout import (
@@ -111,6 +115,8 @@ def _export_module(
     decoding functions that capture them) and its signatures."""
     module = tf.Module(name="translator_export")
     module.model = translator_.model
+    # bfloat16 copies of the decoder weights, cast at export time: a call casts nothing
+    module.stored_weights = translator_.model.stored_weights()
     module.source_tokenizer = translator_.tokenizers.source
     module.target_tokenizer = translator_.tokenizers.target
     signatures = {}
@@ -192,6 +198,8 @@ def export_model(
     precision: str = "auto",
     bleu_tolerance: float = BLEU_TOLERANCE,
     precision_sentences: int = PRECISION_SENTENCES,
+    store_weights: bool = True,
+    float32_below: int = FLOAT32_BELOW_ROWS,
 ) -> Path:
     """Exports a trained model directory, or an ensemble of them, as the next version under
     `output`.
@@ -213,6 +221,11 @@ def export_model(
             "auto", no validation data to check it on or a failed check gives a float32 export.
         bleu_tolerance: the bfloat16 gate's tolerance in BLEU points.
         precision_sentences: validation pairs the bfloat16 gate translates.
+        store_weights: a bfloat16 export saves the decoder's weights cast to bfloat16 (cast
+            once, at export; about 2 bytes per decoder weight more on disk) so a call casts
+            nothing; False casts them in every call. Translations are the same.
+        float32_below: a bfloat16 export translates a call of fewer rows (sentences x beam
+            size) in float32, exactly as the float32 export (0: always bfloat16).
 
     Returns:
         The new version directory, e.g. `saved_models/NAME/3`.
@@ -235,6 +248,8 @@ def export_model(
         raise ExportError(f"parity_sentences must be >= 1, got {parity_sentences}")
     if precision_sentences < 1:
         raise ExportError(f"precision_sentences must be >= 1, got {precision_sentences}")
+    if float32_below < 0:
+        raise ExportError(f"float32_below must be >= 0, got {float32_below}")
     single = isinstance(model_dir, (str, os.PathLike))
     model_dirs = [Path(model_dir)] if single else [Path(d) for d in model_dir]
     for directory in model_dirs:
@@ -250,9 +265,12 @@ def export_model(
         precision,
         bleu_tolerance,
         precision_sentences,
+        store_weights,
     )
+    translator_.float32_below = float32_below if chosen == "bfloat16" else 0
     info = _model_info(translator_, decoders, _members(model_dirs, checkpoint))
     info["precision"] = chosen
+    info["float32_below_rows"] = np.int64(translator_.float32_below)
     info["precision_check"] = json.dumps(check or {}, sort_keys=True)
     sample = parity_sample(translator_, parity_sentences)
 
@@ -288,6 +306,7 @@ def _in_precision(
     precision: str,
     tolerance: float,
     sentences: int,
+    store_weights: bool = True,
 ) -> tuple[Translator, str, dict | None]:
     """The translator to export for `precision` ("auto", "bfloat16" or "float32"), the
     precision chosen, and the bfloat16 gate's report (None in float32).
@@ -304,7 +323,14 @@ def _in_precision(
     if chosen == "bfloat16":
         try:
             translator_, check = _bfloat16(
-                float32, model_dirs, checkpoint, decoders, precision, tolerance, sentences
+                float32,
+                model_dirs,
+                checkpoint,
+                decoders,
+                precision,
+                tolerance,
+                sentences,
+                store_weights,
             )
         except ExportError as exc:
             if precision != "auto":
@@ -326,6 +352,7 @@ def _bfloat16(
     setting: str,
     tolerance: float,
     sentences: int,
+    store_weights: bool = True,
 ) -> tuple[Translator, dict | None]:
     """The bfloat16 translator and its precision check against `float32`, or (`float32`,
     None) when `setting` is "auto" and there is no validation data to check on.
@@ -342,15 +369,17 @@ def _bfloat16(
             "cannot check a bfloat16 export: no validation split with references can be read; "
             "export with --precision float32"
         )
-    candidate = _load(model_dirs, checkpoint, "bfloat16")
+    candidate = _load(model_dirs, checkpoint, "bfloat16", store_weights)
     return candidate, check_precision(candidate, float32, decoders, sample, tolerance)
 
 
-def _load(model_dirs: Sequence[Path], checkpoint: str, precision: str) -> Translator:
+def _load(
+    model_dirs: Sequence[Path], checkpoint: str, precision: str, store_weights: bool = True
+) -> Translator:
     """The translator of one model directory, or the ensemble of several, in `precision`."""
     if len(model_dirs) == 1:
-        return Translator.from_model_dir(model_dirs[0], checkpoint, precision=precision)
-    return Translator.from_model_dirs(model_dirs, checkpoint, precision=precision)
+        return Translator.from_model_dir(model_dirs[0], checkpoint, precision, store_weights)
+    return Translator.from_model_dirs(model_dirs, checkpoint, precision, store_weights)
 
 
 def _members(model_dirs: Sequence[Path], checkpoint: str) -> list[dict]:
