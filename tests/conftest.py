@@ -141,22 +141,18 @@ def attention_export(attention_dir, tmp_path_factory) -> Path:
 # longest files that do not need that model, instead of waiting for it.
 FIRST = (
     "test_api.py",
-    "test_distribute.py",
-    "test_budget.py",
-    "test_train_faults.py",
     "test_notebooks.py",
-    "test_export.py",
+    "test_train_faults.py",
+    "test_distribute.py",
     "test_serving.py",
-    "test_ensemble.py",
-    "test_page.py",
-    "test_finetune.py",
-    "test_soak.py",
-    "test_streaming.py",
-    "test_speed_options.py",
-    "test_fuzz_corpus.py",
-    "test_train.py",
-    "test_lstm.py",
     "test_fuzz_server.py",
+    "test_train.py",
+    "test_export.py",
+    "test_page.py",
+    "test_soak.py",
+    "test_cli.py",
+    "test_checkpoints.py",
+    "test_speed_options.py",
 )
 
 
