@@ -64,9 +64,23 @@ def project(x, kernel, bias=None):
 
 
 def time_array(values, steps, name: str) -> tf.TensorArray:
-    """A TensorArray holding `values` `[time, ...]`, one element per step."""
+    """A TensorArray holding `values` `[time, ...]`, one element per step (copies `values`;
+    reads in a loop that autodiff differentiates stay cheap)."""
     ta = tf.TensorArray(values.dtype, size=steps, element_shape=values.shape[1:], name=name)
     return ta.unstack(values)
+
+
+class TimeSlices:
+    """`read(t)` is `values[t]` for `values` `[time, ...]`: a slice along the first axis
+    shares the tensor's buffer, where `time_array` copies every element first (in a
+    profile of the reference model's step the copies took about 6% of it, RESULTS.md). Only for loops with a hand-written gradient: autodiff
+    of a slice in a loop builds a full-size gradient at every step."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def read(self, t):
+        return self.values[t]
 
 
 def recurrence(xz, h0, c0, recurrent, keep=None):
@@ -128,8 +142,8 @@ def _forward(xz, h0, c0, recurrent, keep, steps):
         `(gates, cs, hs, c_last)`: gates `(i, f, g, o, tanh(c))`, cell states `cs` and hidden
         states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`.
     """
-    xz_ta = time_array(xz, steps, "xz")
-    keep_ta = None if keep is None else time_array(keep, steps, "keep")
+    xz_ta = TimeSlices(xz)
+    keep_ta = None if keep is None else TimeSlices(keep)
     arrays = tuple(
         tf.TensorArray(xz.dtype, size=steps, element_shape=c0.shape, name=name)
         for name in ("i", "f", "g", "o", "tanh_c", "c", "h")
@@ -177,12 +191,9 @@ def _backward(gates, cs, c0, d_hs, d_c, recurrent, keep, steps):
     if keep is not None:  # a masked step passes dh and dc through and gets no gradient itself
         keep_f = tf.cast(keep, cs.dtype)  # [time, batch, 1]
         factors, dc_from_h = factors * keep_f, dc_from_h * keep_f
-        keep_ta = time_array(keep_f, steps, "keep")
-        skip_ta = time_array(1 - keep_f, steps, "skip")
-    factor_ta = time_array(factors, steps, "factors")
-    dc_h_ta = time_array(dc_from_h, steps, "dc_from_h")
-    forget_ta = time_array(f, steps, "forget")
-    d_hs_ta = time_array(d_hs, steps, "d_hs")
+        keep_ta, skip_ta = TimeSlices(keep_f), TimeSlices(1 - keep_f)
+    factor_ta, dc_h_ta = TimeSlices(factors), TimeSlices(dc_from_h)
+    forget_ta, d_hs_ta = TimeSlices(f), TimeSlices(d_hs)
     recurrent_t = tf.transpose(recurrent)  # [4u, u]
     dz_ta = tf.TensorArray(recurrent.dtype, size=steps, element_shape=factors.shape[1:])
 

@@ -18,14 +18,18 @@ def sequence_loss(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float =
     """Per-token cross-entropy `labels.shape` from logits `[..., vocab]` (padding not masked).
 
     With label smoothing the target distribution is (1 - eps) * one_hot + eps / vocab, as in
-    Keras's categorical cross-entropy, computed without materialising a [..., vocab] one-hot:
-    -sum(q * log p) = (1 - eps) * nll + eps * mean(-log p).
+    Keras's categorical cross-entropy. Both forms run TensorFlow's fused softmax cross-entropy
+    kernel, which computes the loss and its gradient together; a log-softmax, a gather and a
+    mean cost more, mostly in the gather's gradient (a scatter into a zeroed `[tokens, vocab]`
+    tensor): the profile is in RESULTS.md.
     """
-    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))  # [..., vocab]
-    nll = -tf.gather(log_probs, labels[..., None], batch_dims=labels.shape.rank)[..., 0]
-    if label_smoothing > 0.0:
-        return (1.0 - label_smoothing) * nll - label_smoothing * tf.reduce_mean(log_probs, -1)
-    return nll
+    logits = tf.cast(logits, tf.float32)
+    if label_smoothing <= 0.0:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    vocab = logits.shape[-1]
+    off = label_smoothing / vocab
+    targets = tf.one_hot(labels, vocab, on_value=1.0 - label_smoothing + off, off_value=off)
+    return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
 
 
 def token_losses(
