@@ -88,11 +88,12 @@ def trained_dir(synthetic_files, tmp_path_factory) -> Path:
 
     def build(out: Path) -> None:
         # synthetic_files are the same on every worker (fixed seed): any worker's will do.
-        # Keras's LSTM loop: the trajectory test_train's threshold (90% of held-out sentences
-        # exact) was set on, at 10 epochs; 11 since the loss runs TensorFlow's fused
-        # cross-entropy kernel (same loss, other rounding: 0.875 exact after 10 epochs). The fast loop has the same gradients within float32
-        # rounding (test_lstm.py), but rounding alone moves a 10-epoch run: over seeds 7-10,
-        # keras matched 1.0/0.72/1.0/0.99 of the test sentences and fast 0.62/0.995/1.0/0.98.
+        # Keras's LSTM loop: the trajectory test_train's threshold (90% of held-out sentences exact)
+        # was set on, at 10 epochs; 11 since the loss runs TensorFlow's fused cross-entropy kernel
+        # (same loss, other rounding: 0.875 exact after 10 epochs). The fast loop has the same
+        # gradients within float32 rounding (test_lstm.py), but rounding alone moves a 10-epoch run:
+        # over seeds 7-10, keras matched 1.0/0.72/1.0/0.99 of the test sentences and fast
+        # 0.62/0.995/1.0/0.98.
         overrides = ("train.max_steps=0", "train.epochs=11", "model.lstm=keras")
         config = tiny_config(synthetic_files, out, overrides)
         train(config, progress=False)

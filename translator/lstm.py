@@ -71,10 +71,10 @@ def time_array(values, steps, name: str) -> tf.TensorArray:
 
 
 class TimeSlices:
-    """`read(t)` is `values[t]` for `values` `[time, ...]`: a slice along the first axis
-    shares the tensor's buffer, where `time_array` copies every element first (in a
-    profile of the reference model's step the copies took about 6% of it, RESULTS.md). Only for loops with a hand-written gradient: autodiff
-    of a slice in a loop builds a full-size gradient at every step."""
+    """`read(t)` is `values[t]` for `values` `[time, ...]`: a slice along the first axis shares the
+    tensor's buffer, where `time_array` copies every element first (in a profile of the reference
+    model's step the copies took about 6% of it, RESULTS.md). Only for loops with a hand-written
+    gradient: autodiff of a slice in a loop builds a full-size gradient at every step."""
 
     def __init__(self, values):
         self.values = values
