@@ -174,6 +174,26 @@ def test_decoder_features_projected_equal_the_logits(attention):
     )
 
 
+
+@pytest.mark.parametrize("tie", [False, True], ids=["dense", "tied"])
+def test_bf16_projection_keeps_the_vocabulary_bias(tie):
+    """In bfloat16 the bias is added in float32 after the matmul: the logits must still match
+    float32's, bias included (a bias large enough that dropping it would fail)."""
+    keras.utils.set_random_seed(5)
+    config = ModelConfig(embedding_dim=8, units=8, tie_embeddings=tie)  # decoder: 16 units
+    model = build_model(config, 20, 20)
+    bias = model.decoder.output_bias if tie else model.decoder.output_dense.bias
+    bias.assign(np.linspace(-3.0, 3.0, 20, dtype="float32"))
+    features = 20.0 * tf.random.stateless_normal((6, 16), seed=(1, 2))
+    expected = model.decoder.project(features).numpy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    bf16 = build_model(config, 20, 20)
+    bf16.set_weights(model.get_weights())
+    got = bf16.decoder.project(tf.cast(features, "bfloat16"))
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.05)
+    assert np.abs(expected - bias.numpy()).max() > 0.5  # the features do reach the logits
+
 def _pairs(batches) -> list[tuple]:
     """(source, target) id tuples of every real row, specials and padding removed."""
     pairs = []
