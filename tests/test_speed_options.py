@@ -174,7 +174,6 @@ def test_decoder_features_projected_equal_the_logits(attention):
     )
 
 
-
 @pytest.mark.parametrize("tie", [False, True], ids=["dense", "tied"])
 def test_bf16_projection_keeps_the_vocabulary_bias(tie):
     """In bfloat16 the bias is added in float32 after the matmul: the logits must still match
@@ -193,6 +192,7 @@ def test_bf16_projection_keeps_the_vocabulary_bias(tie):
     assert got.dtype == tf.float32
     np.testing.assert_allclose(got, expected, rtol=0.02, atol=0.05)
     assert np.abs(expected - bias.numpy()).max() > 0.5  # the features do reach the logits
+
 
 def _pairs(batches) -> list[tuple]:
     """(source, target) id tuples of every real row, specials and padding removed."""
