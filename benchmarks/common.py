@@ -107,6 +107,23 @@ def write_json(result: dict, output: str | None) -> None:
     print(text)
 
 
+def profiler_op_events(logdir: Path):
+    """(op name, op type, seconds) of every op event of the TensorFlow profiler's trace under
+    `logdir` (its host plane: the executor's threads)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
+
+    (path,) = list(Path(logdir).rglob("*.xplane.pb"))
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(path.read_bytes())
+    for plane in space.planes:
+        meta = plane.event_metadata
+        for line in plane.lines:
+            for event in line.events:
+                full = meta[event.metadata_id]
+                name, _, kind = full.name.rpartition(":")
+                yield name, full.display_name or kind, event.duration_ps * 1e-12
+
+
 def median(values) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -61,22 +61,12 @@ def part_of(name: str, kind: str) -> str:
 def profile_ops(logdir: Path) -> dict[tuple[str, str], tuple[float, int]]:
     """Seconds and calls per (op name, op type) of the decoding loop's body, from the
     profiler's host plane (the executor's threads)."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
-
-    (path,) = list(logdir.rglob("*.xplane.pb"))
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(path.read_bytes())
     totals: dict[tuple[str, str], list] = collections.defaultdict(lambda: [0.0, 0])
-    for plane in space.planes:
-        meta = plane.event_metadata
-        for line in plane.lines:
-            for event in line.events:
-                full = meta[event.metadata_id]
-                name, _, kind = full.name.rpartition(":")
-                if not name.startswith("while/body"):
-                    continue  # the encoder, the set-up before the loop, the executor itself
-                totals[(name, full.display_name or kind)][0] += event.duration_ps * 1e-12
-                totals[(name, full.display_name or kind)][1] += 1
+    for name, kind, seconds in common.profiler_op_events(logdir):
+        if not name.startswith("while/body"):
+            continue  # the encoder, the set-up before the loop, the executor itself
+        totals[(name, kind)][0] += seconds
+        totals[(name, kind)][1] += 1
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 

@@ -36,25 +36,13 @@ from translator.config import config_from_dict, config_to_dict  # noqa: E402
 
 def op_times(logdir: Path, steps: int, top: int) -> dict:
     """Milliseconds per step by op type and by op name, from the profiler's host plane."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
-
-    (path,) = list(logdir.rglob("*.xplane.pb"))
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(path.read_bytes())
     by_type: dict[str, float] = collections.defaultdict(float)
     by_name: dict[str, float] = collections.defaultdict(float)
-    for plane in space.planes:
-        meta = plane.event_metadata
-        for line in plane.lines:
-            for event in line.events:
-                full = meta[event.metadata_id]
-                name, _, kind = full.name.rpartition(":")
-                kind = full.display_name or kind
-                if not name.startswith("StatefulPartitionedCall"):
-                    continue  # the executor's own events, the input pipeline
-                ms = event.duration_ps * 1e-9 / steps
-                by_type[kind] += ms
-                by_name[f"{kind} {name}"] += ms
+    for name, kind, seconds in common.profiler_op_events(logdir):
+        if not name.startswith("StatefulPartitionedCall"):
+            continue  # the executor's own events, the input pipeline
+        by_type[kind] += 1000 * seconds / steps
+        by_name[f"{kind} {name}"] += 1000 * seconds / steps
 
     def ranked(totals):
         return {k: round(v, 1) for k, v in sorted(totals.items(), key=lambda x: -x[1])[:top]}
