@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "identical_to_in_process": {
             p: sum(
-                a == b
-                for a, b in zip(outputs[f"inproc_{p}"], outputs[f"export_{p}"], strict=True)
+                a == b for a, b in zip(outputs[f"inproc_{p}"], outputs[f"export_{p}"], strict=True)
             )
             for p in ("float32", "bf16")
         },
