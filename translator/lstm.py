@@ -64,23 +64,15 @@ def project(x, kernel, bias=None):
 
 
 def time_array(values, steps, name: str) -> tf.TensorArray:
-    """A TensorArray holding `values` `[time, ...]`, one element per step (copies `values`;
-    reads in a loop that autodiff differentiates stay cheap)."""
+    """A TensorArray holding `values` `[time, ...]`, one element per step.
+
+    It copies `values`, but reads in a loop that autodiff differentiates stay cheap. The loops
+    with a hand-written gradient below index `values[t]` instead: a slice along the first axis
+    shares the tensor's buffer (in a profile of the reference model's step the copies took about
+    6% of it, RESULTS.md), while autodiff of a slice in a loop would build a full-size gradient
+    at every step."""
     ta = tf.TensorArray(values.dtype, size=steps, element_shape=values.shape[1:], name=name)
     return ta.unstack(values)
-
-
-class TimeSlices:
-    """`read(t)` is `values[t]` for `values` `[time, ...]`: a slice along the first axis shares the
-    tensor's buffer, where `time_array` copies every element first (in a profile of the reference
-    model's step the copies took about 6% of it, RESULTS.md). Only for loops with a hand-written
-    gradient: autodiff of a slice in a loop builds a full-size gradient at every step."""
-
-    def __init__(self, values):
-        self.values = values
-
-    def read(self, t):
-        return self.values[t]
 
 
 def recurrence(xz, h0, c0, recurrent, keep=None):
@@ -142,22 +134,20 @@ def _forward(xz, h0, c0, recurrent, keep, steps):
         `(gates, cs, hs, c_last)`: gates `(i, f, g, o, tanh(c))`, cell states `cs` and hidden
         states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`.
     """
-    xz_ta = TimeSlices(xz)
-    keep_ta = None if keep is None else TimeSlices(keep)
     arrays = tuple(
         tf.TensorArray(xz.dtype, size=steps, element_shape=c0.shape, name=name)
         for name in ("i", "f", "g", "o", "tanh_c", "c", "h")
     )
 
     def body(t, h, c, arrays):
-        z = xz_ta.read(t) + tf.cast(tf.matmul(tf.cast(h, recurrent.dtype), recurrent), h.dtype)
+        z = xz[t] + tf.cast(tf.matmul(tf.cast(h, recurrent.dtype), recurrent), h.dtype)
         z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)  # [batch, u] each
         i, f, g, o = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.tanh(z_c), tf.sigmoid(z_o)
         c_new = f * c + i * g  # Keras's order of operations
         tanh_c = tf.tanh(c_new)
         h_new = o * tanh_c
-        if keep_ta is not None:
-            keep_t = keep_ta.read(t)  # [batch, 1]
+        if keep is not None:
+            keep_t = keep[t]  # [batch, 1]
             h_new, c_new = tf.where(keep_t, h_new, h), tf.where(keep_t, c_new, c)
         values = (i, f, g, o, tanh_c, c_new, h_new)
         return (
@@ -191,25 +181,23 @@ def _backward(gates, cs, c0, d_hs, d_c, recurrent, keep, steps):
     if keep is not None:  # a masked step passes dh and dc through and gets no gradient itself
         keep_f = tf.cast(keep, cs.dtype)  # [time, batch, 1]
         factors, dc_from_h = factors * keep_f, dc_from_h * keep_f
-        keep_ta, skip_ta = TimeSlices(keep_f), TimeSlices(1 - keep_f)
-    factor_ta, dc_h_ta = TimeSlices(factors), TimeSlices(dc_from_h)
-    forget_ta, d_hs_ta = TimeSlices(f), TimeSlices(d_hs)
+        skip_f = 1 - keep_f
     recurrent_t = tf.transpose(recurrent)  # [4u, u]
     dz_ta = tf.TensorArray(recurrent.dtype, size=steps, element_shape=factors.shape[1:])
 
     def body(k, dh, dc, dz_ta):
         t = steps - 1 - k
-        dh = dh + d_hs_ta.read(t)  # [batch, u]: from this step's output and from step t+1
+        dh = dh + d_hs[t]  # [batch, u]: from this step's output and from step t+1
         if keep is None:
-            dc_new = dc + dh * dc_h_ta.read(t)
+            dc_new = dc + dh * dc_from_h[t]
         else:
-            dc_new = dc * keep_ta.read(t) + dh * dc_h_ta.read(t)
-        dz = tf.concat([dc_new, dc_new, dc_new, dh], -1) * factor_ta.read(t)  # [batch, 4u]
+            dc_new = dc * keep_f[t] + dh * dc_from_h[t]
+        dz = tf.concat([dc_new, dc_new, dc_new, dh], -1) * factors[t]  # [batch, 4u]
         dz = tf.cast(dz, recurrent.dtype)  # kept in the matmul dtype
         dh_prev = tf.cast(tf.matmul(dz, recurrent_t), dh.dtype)
-        dc_prev = dc_new * forget_ta.read(t)
+        dc_prev = dc_new * f[t]
         if keep is not None:
-            skip = skip_ta.read(t)
+            skip = skip_f[t]
             dh_prev, dc_prev = dh_prev + dh * skip, dc_prev + dc * skip
         return k + 1, dh_prev, dc_prev, dz_ta.write(t, dz)
 
