@@ -10,7 +10,9 @@ One run measures issue 19's table for each precision, on the same machine in the
   the greedy and beam outputs;
 - served: `translator serve` on the export, driven by `serve_load`'s clients at each of
   `--clients` for greedy and beam, with each row's throughput as a fraction of the in-process
-  figure of the same export measured above (`of_in_process`).
+  figure of the same export measured above (`of_in_process`) and as a fraction of the same
+  sentences translated in-process in file order `--max-batch-size` at a time, the most the
+  server's batches could give (`of_server_batches`).
 
 Example (the lead's quiet-machine run):
 
@@ -83,11 +85,19 @@ def measure_in_process(base: Path, sources, references, args) -> dict:
         latencies.append(common.timed(translator.translate, [text], beam_size=1)[0] * 1000)
     latencies.sort()
     rates = {beam: round(len(sources) / statistics.median(t), 2) for beam, t in times.items()}
+    batch_rates = {
+        beam: serve_load.in_server_batches(translator, sources, beam, args.max_batch_size)
+        for beam in times
+    }
     return {
         "sentences": len(sources),
         "sentences_per_s": {"greedy": rates[1], f"beam{args.beam_size}": rates[args.beam_size]},
         "per_round_seconds": {str(b): [round(x, 2) for x in t] for b, t in times.items()},
         "beam_over_greedy_time": round(rates[1] / rates[args.beam_size], 2),
+        f"in_server_batches_of_{args.max_batch_size}": {
+            "greedy": batch_rates[1],
+            f"beam{args.beam_size}": batch_rates[args.beam_size],
+        },
         "one_sentence_ms": {
             "calls": len(latencies),
             "p50": round(statistics.median(latencies), 2),
@@ -98,10 +108,11 @@ def measure_in_process(base: Path, sources, references, args) -> dict:
             f"beam{args.beam_size}": score(outputs[args.beam_size], references)["bleu"],
         },
         "_rates": rates,
+        "_batch_rates": batch_rates,
     }
 
 
-def measure_served(base: Path, sources, rates: dict, args) -> list[dict]:
+def measure_served(base: Path, sources, rates: dict, batch_rates: dict, args) -> list[dict]:
     """serve_load's settings against `translator serve` on the export."""
     flags = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     rows = []
@@ -112,7 +123,7 @@ def measure_served(base: Path, sources, rates: dict, args) -> list[dict]:
                 row = serve_load.run_setting(server, sources, beam, clients, requests)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-    return serve_load.summarize(rows, rates)
+    return serve_load.summarize(rows, rates, batch_rates)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,9 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         base = Path(args.output) / precision
         entry["in_process"] = measure_in_process(base, sources, references, args)
         rates = entry["in_process"].pop("_rates")
+        batch_rates = entry["in_process"].pop("_batch_rates")
         print(json.dumps({precision: entry["in_process"]}), file=sys.stderr, flush=True)
         if not args.no_serve:
-            entry["served"] = measure_served(base, sources, rates, args)
+            entry["served"] = measure_served(base, sources, rates, batch_rates, args)
         report["exports"][precision] = entry
     if {"float32", "bfloat16"} <= set(report["exports"]):
         f32 = report["exports"]["float32"]["in_process"]["sentences_per_s"]

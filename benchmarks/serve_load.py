@@ -13,7 +13,9 @@ With `--unbatched` the highest concurrency is also run against a second server s
 Before the server starts, the same export is measured in-process (`Translator.load(export)`,
 all `--limit` sentences in one `translate` call per beam size, the median of
 `--in-process-rounds`), and each row reports `of_in_process`: its throughput as a fraction of
-that, so the figure holds on any machine.
+that, so the figure holds on any machine. `of_server_batches` divides by the same export
+translating the sentences in file order `--max-batch-size` at a time in-process: the most the
+server's batches could give, so the rest of the gap is the HTTP path and the load generator.
 
 Example:
 
@@ -138,13 +140,16 @@ def run_setting(server: Server, sentences, beam: int, clients: int, requests: in
     return {"beam_size": beam, "clients": clients, **result}
 
 
-def in_process(export: str, sentences: list[str], beams: list[int], rounds: int) -> dict:
+def in_process(
+    export: str, sentences: list[str], beams: list[int], rounds: int, batch: int
+) -> tuple[dict, dict]:
     """Sentences/s of the export in this process, per beam size: all `sentences` in one
-    `translate` call (the API's batching), median of `rounds` after one warm-up call."""
+    `translate` call (the API's batching), median of `rounds` after one warm-up call; and
+    `in_server_batches` with batches of `batch` (once per beam size)."""
     from translator.api import Translator  # noqa: PLC0415  (TensorFlow: only when measuring)
 
     translator = Translator.load(export)
-    rates = {}
+    rates, batch_rates = {}, {}
     for beam in beams:
         translator.translate(sentences[:8], beam_size=beam)  # trace the graph
         times = [common.timed(translator.translate, sentences, beam_size=beam)[0]]
@@ -153,17 +158,36 @@ def in_process(export: str, sentences: list[str], beams: list[int], rounds: int)
             for _ in range(rounds - 1)
         ]
         rates[beam] = round(len(sentences) / statistics.median(times), 2)
-    return rates
+        batch_rates[beam] = in_server_batches(translator, sentences, beam, batch)
+    return rates, batch_rates
 
 
-def summarize(results: list[dict], in_process_rates: dict) -> list[dict]:
+def in_server_batches(translator, sentences: list[str], beam: int, batch: int) -> float:
+    """Sentences/s translating `sentences` in file order, `batch` per `translate` call: the
+    most a server can serve when its batches hold at most `batch` sentences as they arrived
+    (the one-call figure sorts all sentences by length into the API's batches)."""
+    start = time.perf_counter()
+    for i in range(0, len(sentences), batch):
+        translator.translate(sentences[i : i + batch], beam_size=beam)
+    return round(len(sentences) / (time.perf_counter() - start), 2)
+
+
+def summarize(results: list[dict], in_process_rates: dict, batch_rates: dict | None = None):
     """`results` with `of_in_process`: served sentences/s over in-process sentences/s of the
-    same beam size (None where that beam was not measured in-process)."""
+    same beam size (None where that beam was not measured in-process), and, where
+    `batch_rates` (`in_server_batches` per beam) is given, `of_server_batches`: over that."""
+
+    def fraction(rates: dict | None, row: dict) -> float | None:
+        beam = row["beam_size"]
+        base = (rates or {}).get(beam) or (rates or {}).get(str(beam))
+        return round(row["sentences_per_s"] / base, 3) if base else None
+
     rows = []
     for row in results:
-        base = in_process_rates.get(row["beam_size"]) or in_process_rates.get(str(row["beam_size"]))
-        fraction = round(row["sentences_per_s"] / base, 3) if base else None
-        rows.append({**row, "of_in_process": fraction})
+        extra = {"of_in_process": fraction(in_process_rates, row)}
+        if batch_rates is not None:
+            extra["of_server_batches"] = fraction(batch_rates, row)
+        rows.append({**row, **extra})
     return rows
 
 
@@ -210,8 +234,11 @@ def main() -> None:
         "server": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
         "results": [],
     }
-    rates = in_process(args.export, sentences, args.beams, args.in_process_rounds)
+    rates, batch_rates = in_process(
+        args.export, sentences, args.beams, args.in_process_rounds, args.max_batch_size
+    )
     report["in_process_sentences_per_s"] = rates
+    report["in_server_batches_sentences_per_s"] = batch_rates
     print(json.dumps({"in_process_sentences_per_s": rates}), file=sys.stderr, flush=True)
     with Server(args.export, batching) as server:
         for beam in args.beams:
@@ -227,7 +254,7 @@ def main() -> None:
                 row["unbatched"] = True
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 report["results"].append(row)
-    report["results"] = summarize(report["results"], rates)
+    report["results"] = summarize(report["results"], rates, batch_rates)
     print(json.dumps(report, indent=1))
 
 

@@ -22,3 +22,23 @@ def test_summary_gives_each_row_its_fraction_of_in_process_throughput():
     assert summary[1]["clients"] == 32 and rows[1].keys() <= summary[1].keys()
     # a report read back from JSON has string keys
     assert serve_load.summarize(rows[:1], {"1": 80.0})[0]["of_in_process"] == 0.5
+    assert "of_server_batches" not in summary[0]
+
+
+def test_summary_also_divides_by_the_server_sized_batches_when_given():
+    rows = [{"beam_size": 1, "clients": 32, "sentences_per_s": 120.0}]
+    row = serve_load.summarize(rows, {1: 300.0}, {1: 150.0})[0]
+    assert (row["of_in_process"], row["of_server_batches"]) == (0.4, 0.8)
+
+
+def test_server_sized_batches_translate_in_file_order_at_most_batch_at_a_time():
+    calls = []
+
+    class Recorder:
+        def translate(self, texts, beam_size):
+            calls.append((list(texts), beam_size))
+
+    sentences = [f"s{i}" for i in range(7)]
+    rate = serve_load.in_server_batches(Recorder(), sentences, beam=5, batch=3)
+    assert calls == [(["s0", "s1", "s2"], 5), (["s3", "s4", "s5"], 5), (["s6"], 5)]
+    assert rate > 0
