@@ -36,8 +36,10 @@ def machine() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA")  # e.g. AVX2: oneDNN acts as on such a CPU
     return {
         "cpu": cpu,
+        **({"onednn_max_cpu_isa": isa_cap} if isa_cap else {}),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_bf16": "avx512_bf16" in flags or "amx_bf16" in flags,

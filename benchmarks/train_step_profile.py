@@ -4,7 +4,8 @@
 `--steps` steps without the profiler, then the same number under it, and sums the host op
 events per op type and per op name (per step). `kernels` times the output layer's kernels
 alone: the vocabulary matmul with and without its bias (fused by TensorFlow into one kernel when
-the add follows the matmul), and the label-smoothed loss with its gradient in two forms.
+the add follows the matmul), the label-smoothed loss with its gradient in three forms, and the
+bias's gradient as autodiff's column sum and as `add_bias`'s matmul.
 
     python benchmarks/train_step_profile.py profile --corpus-dir ../shared/corpora/multi30k \\
         --model-dir runs/multi30k_de_en --variant "tied:bucket_width=RECIPE,\\
@@ -32,6 +33,8 @@ import tensorflow as tf  # noqa: E402
 import train_throughput  # noqa: E402
 
 from translator.config import config_from_dict, config_to_dict  # noqa: E402
+from translator.lstm import add_bias  # noqa: E402
+from translator.training.losses import smoothed_cross_entropy  # noqa: E402
 
 
 def op_times(logdir: Path, steps: int, top: int) -> dict:
@@ -116,7 +119,15 @@ def kernels(args: argparse.Namespace) -> dict:
         q = tf.one_hot(y, vocab, on_value=1 - eps + eps / vocab, off_value=eps / vocab)
         return tf.nn.softmax_cross_entropy_with_logits(q, z)
 
-    for label, form in (("log_softmax + gather", log_softmax_form), ("fused", fused_form)):
+    def written_out_form(z, y):  # the project's loss (translator.training.losses)
+        return smoothed_cross_entropy(y, z, eps)
+
+    forms = (
+        ("log_softmax + gather", log_softmax_form),
+        ("fused", fused_form),
+        ("written out (smoothed_cross_entropy)", written_out_form),
+    )
+    for label, form in forms:
 
         def step(z, y, form=form):
             with tf.GradientTape() as tape:
@@ -126,6 +137,18 @@ def kernels(args: argparse.Namespace) -> dict:
 
         fn = tf.function(step, autograph=False)
         out["loss_and_gradient_ms"][label] = _median_ms(fn, logits, labels)
+    # the vocabulary bias's gradient from a [rows, vocab] float32 logits gradient
+    bias = tf.zeros([vocab])
+    for label, add in (("column sum (autodiff)", tf.add), ("matmul (add_bias)", add_bias)):
+
+        def bias_grad(z, b, add=add):
+            with tf.GradientTape() as tape:
+                tape.watch(b)
+                out_ = add(z, b)
+            return tape.gradient(out_, b, output_gradients=z)
+
+        fn = tf.function(bias_grad, autograph=False)
+        out.setdefault("bias_gradient_ms", {})[label] = _median_ms(fn, logits, bias)
     return out
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from translator.config import ModelConfig, config_from_dict
 from translator.errors import ConfigError
-from translator.lstm import LSTM, StepMatmul, lstm_cell, recurrence, uses_fast_loop
+from translator.lstm import LSTM, StepMatmul, add_bias, lstm_cell, recurrence, uses_fast_loop
 from translator.model import Seq2Seq, build_model
 
 BATCH, TIME, FEATURES, UNITS = 4, 6, 5, 7
@@ -180,6 +180,27 @@ def test_step_matmul_gives_the_weight_gradient_of_per_step_matmuls():
         return tape.gradient(loss, [inputs, offsets, weight])
 
     _assert_all_close(run(True), run(False), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_add_bias_gradients_equal_autodiff_of_a_broadcast_add(dtype):
+    """The bias gradient (a matmul by a row of ones) is the sum over every leading axis."""
+    x = tf.cast(_normal(3, 4, 5, seed=1), dtype)  # [batch, time, n]: two leading axes
+    bias = tf.Variable(_normal(5, seed=2))  # float32, cast inside like the model's
+    upstream = _normal(3, 4, 5, seed=3)
+
+    def grads(add):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(tf.cast(add(x, bias), tf.float32) * upstream)
+        return tape.gradient(y, [x, bias])
+
+    got = grads(add_bias)
+    expected = grads(lambda x, b: x + tf.cast(b, x.dtype))
+    assert got[1].dtype == tf.float32 and got[0].dtype == x.dtype
+    np.testing.assert_allclose(tf.cast(got[0], tf.float32), tf.cast(expected[0], tf.float32))
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-2 if dtype == "bfloat16" else 1e-5)
+    np.testing.assert_allclose(got[1], tf.reduce_sum(upstream, [0, 1]), rtol=2e-2, atol=2e-2)
 
 
 def test_mixed_bfloat16_casts_once_and_stays_close_to_float32():

@@ -148,17 +148,35 @@ def test_packed_and_unpacked_token_losses_agree_and_skip_padding():
     )
 
 
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_sequence_loss_matches_keras_cross_entropy(smoothing):
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_sequence_loss_and_its_gradient_match_keras_cross_entropy(smoothing, graph):
     rng = np.random.default_rng(0)
     logits = tf.constant(rng.normal(size=(3, 5, 11)) * 3, tf.float32)
     labels = tf.constant(rng.integers(0, 11, (3, 5)), tf.int32)
-    expected = keras.losses.categorical_crossentropy(
-        tf.one_hot(labels, 11), logits, from_logits=True, label_smoothing=smoothing
-    )
-    got = sequence_loss(labels, logits, smoothing)
-    assert got.shape == (3, 5)
+    weights = tf.constant(rng.uniform(0.0, 2.0, (3, 5)), tf.float32)  # per-token upstream
+
+    def loss_and_grad(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            losses = fn()
+            total = tf.reduce_sum(losses * weights)
+        return losses, tape.gradient(total, logits)
+
+    def keras_loss():
+        return keras.losses.categorical_crossentropy(
+            tf.one_hot(labels, 11), logits, from_logits=True, label_smoothing=smoothing
+        )
+
+    def ours():
+        return sequence_loss(labels, logits, smoothing)
+
+    run = tf.function(loss_and_grad) if graph else loss_and_grad
+    expected, expected_grad = run(keras_loss)
+    got, got_grad = run(ours)
+    assert got.shape == (3, 5) and got_grad.shape == logits.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("attention", ["none", "luong"])

@@ -12,7 +12,15 @@ import tensorflow as tf
 from keras import ops
 
 from translator.layers import Attention, _build, _numbered
-from translator.lstm import LSTM, StepMatmul, lstm_cell, project, time_array, uses_fast_loop
+from translator.lstm import (
+    LSTM,
+    StepMatmul,
+    add_bias,
+    lstm_cell,
+    project,
+    time_array,
+    uses_fast_loop,
+)
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -142,8 +150,9 @@ class Decoder(keras.layers.Layer):
 
         In bfloat16 the vocabulary bias is added after the cast to float32: TensorFlow fuses a
         matmul with the add that follows it, and its fused bfloat16 kernel ran 2 to 4 times
-        slower than the plain bfloat16 matmul on an AMX CPU (RESULTS.md). In float32 the
-        computation is the one Keras's `Dense` does.
+        slower than the plain bfloat16 matmul on an AMX CPU (RESULTS.md), and its gradient is a
+        matmul (`translator.lstm.add_bias`). In float32 the computation is the one Keras's
+        `Dense` does.
         """
         if self.tie_embeddings:
             if self.units != self.embedding_dim:
@@ -154,8 +163,7 @@ class Decoder(keras.layers.Layer):
             return self.output_dense(x)
         else:
             matrix, bias = ops.cast(self.output_dense.kernel, x.dtype), self.output_dense.bias
-        logits = ops.cast(ops.matmul(x, matrix), "float32")
-        return logits + ops.cast(bias, "float32")
+        return add_bias(ops.cast(ops.matmul(x, matrix), "float32"), bias)
 
     def _attend(self, emb, state, masks=None, training=False):
         """One input-feeding step; `masks` are this step's between-layer dropout masks."""
