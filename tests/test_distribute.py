@@ -135,9 +135,12 @@ def test_mirrored_on_two_cpu_devices_matches_default(synthetic_files, tmp_path):
         for key in ("train_loss", "valid_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
     assert default["history"][-1]["train_loss"] < default["history"][0]["train_loss"]
+    # Two replicas sum the loss and its gradients in another order; after two epochs of Adam
+    # (which divides by the gradient's running scale) a near-zero weight differed by 1.2e-5.
+    # A wrong share of the loss per replica moves weights by up to a learning rate (0.01).
     with np.load(tmp_path / "default.npz") as a, np.load(tmp_path / "mirrored.npz") as b:
         for key in a.files:
-            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=3e-5)
 
 
 WORKER_SCRIPT = textwrap.dedent(
