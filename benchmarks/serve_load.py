@@ -177,9 +177,9 @@ def summarize(results: list[dict], in_process_rates: dict, batch_rates: dict | N
     same beam size (None where that beam was not measured in-process), and, where
     `batch_rates` (`in_server_batches` per beam) is given, `of_server_batches`: over that."""
 
-    def fraction(rates: dict | None, row: dict) -> float | None:
+    def fraction(rates: dict, row: dict) -> float | None:
         beam = row["beam_size"]
-        base = (rates or {}).get(beam) or (rates or {}).get(str(beam))
+        base = rates.get(beam) or rates.get(str(beam))
         return round(row["sentences_per_s"] / base, 3) if base else None
 
     rows = []

@@ -35,9 +35,9 @@ def smoothed_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, eps: float) -> 
 
     The targets sum to 1, so the loss is `logsumexp(z) - off * sum(z) - (on - off) * z_label`
     (off = eps / vocab, on = 1 - eps + off) and no `[tokens, vocab]` one-hot is built. On
-    `[4096, 8000]` float32 logits, loss and gradient (with the cast of the gradient to bfloat16
-    that follows in training) took 89 ms against 142 ms for TensorFlow's fused
-    `softmax_cross_entropy_with_logits` on a smoothed one-hot, with the same values (RESULTS.md).
+    `[4096, 8000]` float32 logits, loss and gradient took 106.7 ms against 154.5 ms for
+    TensorFlow's fused `softmax_cross_entropy_with_logits` on a smoothed one-hot, with the same
+    values (`benchmarks/train_step_profile.py kernels`, RESULTS.md).
 
     Args:
         labels: integer ids, any shape `S`.
