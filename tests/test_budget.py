@@ -9,7 +9,13 @@ import time
 import pytest
 
 from translator.errors import ConfigError
-from translator.training.budget import MIN_SAFETY_SECONDS, SAFETY, BudgetPlanner, parse_minutes
+from translator.training.budget import (
+    MIN_SAFETY_SECONDS,
+    SAFETY,
+    BudgetPlanner,
+    dropout_for_epochs,
+    parse_minutes,
+)
 from translator.training.schedules import BUDGET_FLOOR as FLOOR
 from translator.training.schedules import BudgetSchedule
 
@@ -58,27 +64,55 @@ def test_planner_fills_what_is_left_after_the_reserve():
     assert not planner.one_epoch_fits(10_000)[0]
 
 
+def test_dropout_is_read_off_the_table_at_the_planned_epochs():
+    table = ((12.0, 0.3), (24.0, 0.4), (48.0, 0.5))
+    assert dropout_for_epochs(table, 3.0) == 0.3  # flat before the first point
+    assert dropout_for_epochs(table, 12.0) == 0.3
+    assert dropout_for_epochs(table, 18.0) == pytest.approx(0.35)
+    assert dropout_for_epochs(table, 36.0) == pytest.approx(0.45)
+    assert dropout_for_epochs(table, 100.0) == 0.5  # and after the last
+    assert dropout_for_epochs(((5.0, 0.2),), 50.0) == 0.2
+
+
 # -- budgeted training on the synthetic task -------------------------------------------------
 
 BUDGET_MINUTES = 0.75
 SLACK = 0.05  # README: a budgeted process ends within its budget plus at most 5%
 
 
-def _budget_config(synthetic_files, out, minutes=BUDGET_MINUTES):
+def _budget_config(synthetic_files, out, minutes=BUDGET_MINUTES, overrides=()):
     from conftest import tiny_config
 
     return tiny_config(
         synthetic_files,
         out,
-        ("train.max_steps=0", "train.epochs=0", f"train.time_budget={minutes}"),
+        ("train.max_steps=0", "train.epochs=0", f"train.time_budget={minutes}", *overrides),
     )
 
 
-def test_budgeted_run_ends_within_its_budget_with_the_rate_at_its_floor(synthetic_files, tmp_path):
+def test_budgeted_run_ends_within_its_budget_at_its_floor_rate_and_keeps_its_last_model(
+    synthetic_files, tmp_path, monkeypatch
+):
+    import tensorflow as tf
+
+    from translator import evaluate
     from translator.train import Trainer
 
+    # Validation BLEU that falls epoch after epoch: the best checkpoint is still the last one.
+    scores = []
+
+    def falling_bleu(hypotheses, references):
+        scores.append(50.0 - len(scores))
+        return {"bleu": scores[-1], "chrf": 50.0}
+
+    monkeypatch.setattr(evaluate, "score", falling_bleu)
     started = time.monotonic()
-    trainer = Trainer(_budget_config(synthetic_files, tmp_path / "out"), False, started)
+    # With a dropout table: the run's rate is chosen after the speed is measured, and the
+    # step traced again, inside the budget.
+    table = "train.dropout_by_epochs=[[1, 0.05], [1001, 0.3]]"
+    trainer = Trainer(
+        _budget_config(synthetic_files, tmp_path / "out", overrides=[table]), False, started
+    )
     result = trainer.fit()
     elapsed = time.monotonic() - started
     assert elapsed <= BUDGET_MINUTES * 60 * (1 + SLACK)
@@ -90,6 +124,12 @@ def test_budgeted_run_ends_within_its_budget_with_the_rate_at_its_floor(syntheti
     last = result.history[-1]
     assert last["budget_seconds"] <= BUDGET_MINUTES * 60 * (1 + SLACK)
     assert last["valid_loss"] < result.history[0]["valid_loss"]  # it learned
+    best = tf.train.latest_checkpoint(str(tmp_path / "out" / "best"))
+    assert len(scores) >= 2 and best.endswith(f"ckpt-{result.steps}")  # the annealed end
+    # The rate of the first plan's epochs, which re-plans move by less than a factor of 3.
+    planned = 1.0 + (result.dropout - 0.05) / 0.25 * 1000.0
+    epochs = result.steps / trainer.budget.steps_per_epoch
+    assert 0.05 < result.dropout < 0.3 and epochs / 3 <= planned <= 3 * epochs
 
 
 def test_resumed_budgeted_run_keeps_the_plan_and_the_clock(synthetic_files, tmp_path, monkeypatch):

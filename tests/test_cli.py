@@ -173,6 +173,9 @@ def test_evaluate_split_from_config_and_missing_model(trained_dir, tmp_path, cap
         ["evaluate", "--model", str(trained_dir), "--split", "test", "--beam-size", "3"], capsys
     )
     assert code == 0 and json.loads(out)["beam_size"] == 3
+    latest = ["evaluate", "--model", str(trained_dir), "--split", "test", "--checkpoint", "latest"]
+    code, out, _ = _run(latest, capsys)  # the last training checkpoint, not best/
+    assert code == 0 and json.loads(out)["bleu"] > 80
     code, _, err = _run(["translate", "--model", str(tmp_path / "nothing")], capsys)
     assert code == 2 and "model directory not found" in err
 

@@ -147,6 +147,17 @@ def test_dump_and_load_round_trip(tmp_path):
     assert restored != load_config()  # the comparison is not vacuous
 
 
+def test_dropout_table_round_trips_and_bad_tables_name_the_key(tmp_path):
+    table = "train.dropout_by_epochs=[[12, 0.3], [25, 0.4]]"
+    original = load_config(write_yaml(tmp_path, RECIPE), overrides=[table])
+    assert original.train.dropout_by_epochs == ((12.0, 0.3), (25.0, 0.4))
+    dump_config(original, tmp_path / "dumped.yaml")
+    assert load_config(tmp_path / "dumped.yaml") == original
+    for bad in ("[[12, 0.3], [10, 0.4]]", "[[12, 1.0]]", "[[0, 0.1]]", "[[12, 0.3, 1]]", "0.3"):
+        with pytest.raises(ConfigError, match=r"'train.dropout_by_epochs'"):
+            config_from_dict({}, [f"train.dropout_by_epochs={bad}"])
+
+
 def test_invalid_yaml_names_file(tmp_path):
     path = write_yaml(tmp_path, "model:\n  units: [1, 2\n", name="broken.yaml")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):

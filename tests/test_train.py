@@ -70,6 +70,22 @@ def test_resume_continues_from_the_last_checkpoint(synthetic_files, tmp_path):
     assert any(not np.allclose(a, c) for a, c in zip(_weights(resumed), after_20, strict=True))
 
 
+def test_dropout_table_trains_with_the_rate_of_the_planned_epochs(synthetic_files, tmp_path):
+    """With train.dropout_by_epochs the run learns what a run given the table's rate (at its
+    planned epochs) as model.dropout learns, not what the rate the model was built with gives."""
+    steps = "train.max_steps=10"  # a sixth of an epoch of the synthetic task
+    table = "train.dropout_by_epochs=[[0.1, 0.1], [1.1, 0.6]]"
+    chosen = train(tiny_config(synthetic_files, tmp_path / "table", (steps, table)), False)
+    assert 0.1 < chosen.dropout < 0.6
+    direct = f"model.dropout={chosen.dropout!r}"
+    train(tiny_config(synthetic_files, tmp_path / "direct", (steps, direct)), False)
+    train(tiny_config(synthetic_files, tmp_path / "built", (steps, "model.dropout=0.6")), False)
+    for a, b in zip(_weights(tmp_path / "table"), _weights(tmp_path / "direct"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    pairs = zip(_weights(tmp_path / "table"), _weights(tmp_path / "built"), strict=True)
+    assert any(not np.allclose(a, c, rtol=1e-4, atol=1e-5) for a, c in pairs)
+
+
 def test_label_smoothing_loss_on_a_hand_computed_case():
     """p = (1/2, 1/4, 1/4), label 0, eps = 0.3: q = (0.8, 0.1, 0.1), loss = 1.2 ln 2."""
     logits = tf.math.log(tf.constant([[[0.5, 0.25, 0.25]]]))  # [batch 1, time 1, vocab 3]

@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 1),
         "tokens_per_second": round(result.tokens_per_second, 1),
         "stopped_early": result.stopped_early,
+        "dropout": result.dropout,
     }
     print(json.dumps({**summary, **(result.budget or {})}))
     return 0
@@ -136,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from translator.api import Translator
     from translator.evaluate import score
 
-    translator = Translator.load(args.model)
+    translator = Translator.load(args.model, checkpoint=args.checkpoint)
     if args.source:
         corpus = data.read_parallel(args.source, args.target)
     else:
@@ -278,6 +279,12 @@ def _add_evaluate(sub) -> None:
         help="the config's split to use when --source is not given",
     )
     p.add_argument("--hypotheses", help="also write the translations to this file")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "latest"),
+        default="best",
+        help="a training directory's checkpoint to score (default: best)",
+    )
     _decode_flags(p)
     p.set_defaults(func=cmd_evaluate)
 

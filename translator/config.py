@@ -8,6 +8,7 @@ name the dotted key, because a typo in a recipe should never silently train the 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import types
 import typing
@@ -100,6 +101,10 @@ class TrainConfig:
     eval_bleu_sentences: int = 0  # validation sentences decoded for BLEU each epoch; 0 = all
     early_stopping_patience: int = 0  # epochs without BLEU gain before stopping; 0 = off
     average_last: int = 0  # average the last N checkpoints into the final weights; 0 = off
+    # regularisation for the planned length: ((epochs, dropout), ...) sorted by epochs; the
+    # run's dropout is read off this line at its planned epochs (the time budget's first plan,
+    # else epochs / max_steps), flat beyond its ends; empty = model.dropout
+    dropout_by_epochs: tuple[tuple[float, float], ...] = ()
     strategy: str = "default"  # default | mirrored | multi_worker
     cluster_timeout: float = 300.0  # seconds a multi_worker task waits for the others
     # bfloat16 compute: auto = where native (GPU, amx_bf16/avx512_bf16 CPU); true/false force it
@@ -183,6 +188,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"config key '{key}': expected {_name(hint)}, got {value!r}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(value) == len(args):
+                return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        raise ConfigError(f"config key '{key}': expected {_name(hint)}, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -201,6 +214,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _name(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:  # YAML lists: "a list of [float, float]"
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_name(args[0])}"
+        return "[" + ", ".join(_name(a) for a in args) + "]"
     return getattr(hint, "__name__", str(hint).replace("NoneType", "null"))
 
 
@@ -291,8 +309,12 @@ def dump_config(config: Config, path: str | Path) -> None:
 
 
 def config_to_dict(config: Config) -> dict:
-    """The config as plain nested dicts (YAML/JSON-ready)."""
-    return dataclasses.asdict(config)
+    """The config as plain nested dicts and lists (YAML/JSON-ready)."""
+    return dataclasses.asdict(config, dict_factory=lambda items: {k: _lists(v) for k, v in items})
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _deep_copy(tree: dict) -> dict:
@@ -342,6 +364,14 @@ def _validate(config: Config) -> None:
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(
             f"config key 'model.dropout' must be in [0, 1), got {config.model.dropout}"
+        )
+    table = config.train.dropout_by_epochs
+    if any(not (epochs > 0 and 0.0 <= rate < 1.0) for epochs, rate in table) or any(
+        a[0] >= b[0] for a, b in itertools.pairwise(table)
+    ):
+        raise ConfigError(
+            "config key 'train.dropout_by_epochs' must list [epochs, dropout] pairs with "
+            f"increasing positive epochs and dropout in [0, 1), got {[list(p) for p in table]}"
         )
     if not 0.0 <= config.train.label_smoothing < 1.0:
         raise ConfigError(

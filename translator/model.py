@@ -94,6 +94,19 @@ class Seq2Seq(keras.Model):
             name="decoder",
         )
 
+    def set_dropout(self, rate: float) -> None:
+        """Sets the dropout rate of every layer; step functions traced before keep the old one.
+
+        Raises:
+            ValueError: `rate` > 0 for a model built with dropout 0 (its dropout layers have no
+                random-number generator, and a built layer takes no new state).
+        """
+        if rate > 0 and not self.dropout:
+            raise ValueError("a model built without dropout cannot take dropout > 0")
+        for owner in (self, self.encoder, self.decoder):
+            owner.dropout = rate
+        self.encoder.drop.rate = self.decoder.drop.rate = rate
+
     @property
     def bridges(self) -> list[Bridge]:
         """One bridge per decoder layer (empty without a bridge)."""

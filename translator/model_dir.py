@@ -6,7 +6,8 @@ A model directory is self-contained:
     spm.source.model             SentencePiece models (SOURCE_SPM, TARGET_SPM; identical when the
     spm.target.model               vocabulary is joint)
     checkpoints/                 the latest training checkpoints (CHECKPOINT_DIR)
-    best/                        the best validation BLEU checkpoint (BEST_DIR)
+    best/                        the best validation BLEU checkpoint (BEST_DIR; under a time
+                                 budget the last validated one: the annealed end)
     averaged/                    the average of the last checkpoints (AVERAGED_DIR)
     logs/                        TensorBoard event files (LOGS_DIR)
     history.json                 one record per epoch (HISTORY_FILE)

@@ -14,6 +14,7 @@ variable, so the learning rate anneals to its floor exactly where the time runs 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -56,6 +57,17 @@ def parse_minutes(text: str | float | int) -> float:
     if not minutes > 0 or not math.isfinite(minutes):
         raise ConfigError(f"time budget must be positive, got {text!r}")
     return minutes
+
+
+def dropout_for_epochs(table: tuple[tuple[float, float], ...], epochs: float) -> float:
+    """The dropout `train.dropout_by_epochs` gives a run planned for `epochs` epochs: linear
+    between its (epochs, dropout) points, flat beyond the first and the last."""
+    if epochs <= table[0][0]:
+        return table[0][1]
+    for (e0, d0), (e1, d1) in itertools.pairwise(table):
+        if epochs <= e1:
+            return d0 + (d1 - d0) * (epochs - e0) / (e1 - e0)
+    return table[-1][1]
 
 
 @dataclass

@@ -23,14 +23,14 @@ import math
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from translator import precision
-from translator.config import Config
+from translator.config import Config, ModelConfig
 from translator.distribute import (
     distribute_batches,
     is_chief,
@@ -43,7 +43,7 @@ from translator.model import Seq2Seq, build_model
 from translator.model_dir import AVERAGED_DIR
 from translator.pipeline import EncodedCorpus
 from translator.tokenizer import Tokenizers
-from translator.training.budget import TimeBudget
+from translator.training.budget import TimeBudget, dropout_for_epochs
 from translator.training.data import (
     TrainingPairs,
     count_batches,
@@ -77,6 +77,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     budget: dict | None = None  # with train.time_budget: the budget, what it used, the plan
+    dropout: float = 0.0  # the rate trained with (model.dropout, or train.dropout_by_epochs)
 
 
 class Trainer:
@@ -128,7 +129,7 @@ class Trainer:
         (log.warning if "warning" in why else log.info)("computing in %s (%s)", policy, why)
         with self.strategy.scope():
             self.model: Seq2Seq = build_model(
-                cfg.model, tokenizers.source_vocab_size, tokenizers.target_vocab_size
+                _built_dropout(cfg), tokenizers.source_vocab_size, tokenizers.target_vocab_size
             )
             self.schedule = make_schedule(cfg.train)
             # No clipping here: Keras would clip each replica's gradient (see steps.py).
@@ -175,6 +176,7 @@ class Trainer:
         self._restore(tokenizers)
         self.validator = Validator(self.config, valid, tokenizers, self.state, self.evaluate_loss)
         self.budget = self._start_budget(pairs) if cfg.time_budget else None
+        dropout = self._plan_dropout(pairs)
         state = self.state
         self.recorder = Recorder(self.output_dir, self.is_chief, self.progress, cfg, state)
         self._start, self._tokens_seen = time.perf_counter(), 0.0
@@ -222,6 +224,7 @@ class Trainer:
             self.recorder.history,
             self.stopped_early,
             budget,
+            dropout,
         )
 
     def _save(self) -> None:
@@ -253,6 +256,32 @@ class Trainer:
             budget.calibrate(self._calibrate(pairs), self.validator.cost_estimate())
         budget.replan(int(self.state.step))
         return budget
+
+    def _plan_dropout(self, pairs: TrainingPairs) -> float:
+        """The run's dropout: `model.dropout`, or `train.dropout_by_epochs` read at the planned
+        epochs (a budget's first plan, or a resumed run's restored plan; else `epochs` or
+        `max_steps`). A new rate takes new step functions, traced again."""
+        cfg = self.config.train
+        if not cfg.dropout_by_epochs:
+            return self.model.dropout
+        if self.budget is not None:
+            per_epoch = self.budget.steps_per_epoch
+            steps = self.budget.total_steps
+        else:
+            per_epoch = count_batches(pairs, self.config, worker_count(self.strategy))
+            steps = min(s for s in (cfg.max_steps, cfg.epochs * per_epoch) if s)
+        planned = steps / per_epoch
+        rate = dropout_for_epochs(cfg.dropout_by_epochs, planned)
+        log.info("dropout %.3g for %.1f planned epochs (train.dropout_by_epochs)", rate, planned)
+        if rate != self.model.dropout:
+            with self.strategy.scope():
+                self.model.set_dropout(rate)
+            steps_fns = StepFunctions(self.model, self.optimizer, self.strategy, cfg)
+            self._train_step, self._eval_step = steps_fns.train_step, steps_fns.eval_step
+            self._traced.clear()
+            if self.budget is not None:
+                self.budget.skip_window = True  # the first window traces again: not a speed
+        return rate
 
     def _calibrate(self, pairs: TrainingPairs) -> list[float]:
         """Seconds of each of CALIBRATION_STEPS updates at learning rate 0 (the weights do not
@@ -378,6 +407,15 @@ class Trainer:
             total += float(loss) * float(tokens)
             count += float(tokens)
         return total / max(count, 1.0)
+
+
+def _built_dropout(config: Config) -> ModelConfig:
+    """The model section to build with: with `train.dropout_by_epochs`, the table's largest rate
+    (every dropout layer then has its random numbers; `_plan_dropout` sets the run's rate)."""
+    table = config.train.dropout_by_epochs
+    if not table:
+        return config.model
+    return replace(config.model, dropout=max(rate for _, rate in table))
 
 
 def _first_line(exc: tf.errors.OpError) -> str:
