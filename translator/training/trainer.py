@@ -138,7 +138,11 @@ class Trainer:
         self.state = TrainState(
             self.model, self.optimizer, self.schedule, self.work_dir, cfg.train, self.is_chief
         )
-        steps = StepFunctions(self.model, self.optimizer, self.strategy, cfg.train)
+        self._compile_steps()
+
+    def _compile_steps(self) -> None:
+        """New train and eval step functions of the model as it is now, traced at first use."""
+        steps = StepFunctions(self.model, self.optimizer, self.strategy, self.config.train)
         self._train_step, self._eval_step = steps.train_step, steps.eval_step
         self._traced: set[str] = set()
 
@@ -276,9 +280,7 @@ class Trainer:
         if rate != self.model.dropout:
             with self.strategy.scope():
                 self.model.set_dropout(rate)
-            steps_fns = StepFunctions(self.model, self.optimizer, self.strategy, cfg)
-            self._train_step, self._eval_step = steps_fns.train_step, steps_fns.eval_step
-            self._traced.clear()
+            self._compile_steps()
             if self.budget is not None:
                 self.budget.skip_window = True  # the first window traces again: not a speed
         return rate
