@@ -96,7 +96,7 @@ def time_array(values, steps, name: str) -> tf.TensorArray:
     return ta.unstack(values)
 
 
-def recurrence(xz, h0, c0, recurrent, keep=None):
+def recurrence(xz, h0, c0, recurrent, keep=None, training=True):
     """Runs the LSTM recurrence over precomputed input projections, with a fused gradient.
 
     The matmuls run in the dtype of `recurrent` (bfloat16 under `mixed_bfloat16`), the states
@@ -111,6 +111,10 @@ def recurrence(xz, h0, c0, recurrent, keep=None):
         recurrent: `[u, 4u]` recurrent kernel.
         keep: `[time, batch, 1]` bool or None; False marks a masked step, which carries both
             states through unchanged (Keras's mask semantics).
+        training: False keeps only the hidden states at each step, not what the fused gradient
+            needs (gates and cell states: seven arrays written per step instead of one); the
+            outputs are the same, and a gradient taken anyway is TensorFlow's own autodiff of
+            the loop.
 
     Returns:
         `(hs, c)` in the dtype of `xz`: `hs` `[time, batch, u]` the hidden state after every
@@ -121,11 +125,15 @@ def recurrence(xz, h0, c0, recurrent, keep=None):
     units = h0.shape[-1]
     state_dtype = tf.float64 if xz.dtype == tf.float64 else tf.float32
     matmul_dtype = recurrent.dtype
+    if not training:
+        xz_s, h0_s, c0_s = (tf.cast(v, state_dtype) for v in (xz, h0, c0))
+        _, _, hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps, gates=False)
+        return tf.cast(hs, xz.dtype), tf.cast(c_last, xz.dtype)
 
     @tf.custom_gradient
     def run(xz, h0, c0, recurrent):
         xz_s, h0_s, c0_s = (tf.cast(v, state_dtype) for v in (xz, h0, c0))
-        gates, cs, hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps)
+        gates, (cs,), hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps)
 
         def grad(d_hs, d_c_last):
             d_hs = tf.zeros_like(hs) if d_hs is None else tf.cast(d_hs, state_dtype)
@@ -147,17 +155,18 @@ def recurrence(xz, h0, c0, recurrent, keep=None):
     return run(xz, h0, c0, recurrent)
 
 
-def _forward(xz, h0, c0, recurrent, keep, steps):
+def _forward(xz, h0, c0, recurrent, keep, steps, gates=True):
     """The forward loop. Keeps, per step, what the backward pass needs (storing costs less
-    than recomputing sigmoid and tanh there).
+    than recomputing sigmoid and tanh there), or with `gates=False` only the hidden states.
 
     Returns:
         `(gates, cs, hs, c_last)`: gates `(i, f, g, o, tanh(c))`, cell states `cs` and hidden
-        states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`.
+        states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`; gates and
+        `cs` are empty without `gates`.
     """
+    names = ("i", "f", "g", "o", "tanh_c", "c", "h") if gates else ("h",)
     arrays = tuple(
-        tf.TensorArray(xz.dtype, size=steps, element_shape=c0.shape, name=name)
-        for name in ("i", "f", "g", "o", "tanh_c", "c", "h")
+        tf.TensorArray(xz.dtype, size=steps, element_shape=c0.shape, name=name) for name in names
     )
 
     def body(t, h, c, arrays):
@@ -170,7 +179,7 @@ def _forward(xz, h0, c0, recurrent, keep, steps):
         if keep is not None:
             keep_t = keep[t]  # [batch, 1]
             h_new, c_new = tf.where(keep_t, h_new, h), tf.where(keep_t, c_new, c)
-        values = (i, f, g, o, tanh_c, c_new, h_new)
+        values = (i, f, g, o, tanh_c, c_new, h_new) if gates else (h_new,)
         return (
             t + 1,
             h_new,
@@ -181,8 +190,8 @@ def _forward(xz, h0, c0, recurrent, keep, steps):
     _, _, c_last, arrays = tf.while_loop(
         lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, arrays)
     )
-    *gates, cs, hs = (a.stack() for a in arrays)
-    return gates, cs, hs, c_last
+    *kept, hs = (a.stack() for a in arrays)
+    return kept[:-1], kept[-1:], hs, c_last
 
 
 def _backward(gates, cs, c0, d_hs, d_c, recurrent, keep, steps):
@@ -282,7 +291,7 @@ class LSTM(keras.layers.LSTM):
             keep = None if keep is None else tf.reverse(keep, [0])
         xz = project(x, kernel, bias)  # [time, batch, 4u]: one matmul for all steps
         h0, c0 = initial_state
-        hs, c = recurrence(xz, h0, c0, recurrent, keep)  # hs: [time, batch, units]
+        hs, c = recurrence(xz, h0, c0, recurrent, keep, training)  # hs: [time, batch, units]
         outputs = hs
         if keep is not None:
             # A masked step outputs zero (`zero_output_for_mask`) or the previous output, which
