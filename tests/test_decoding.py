@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator.decoding import DecodeResult, beam_search, greedy_search, mean_step
+from translator.decoding import DecodeResult, _top_k, beam_search, greedy_search, mean_step
 
 PAD, BOS, EOS = 0, 2, 3
 A, B, C, D = 4, 5, 6, 7
@@ -286,6 +286,22 @@ def test_runs_in_tf_function_with_dynamic_batch(autograph):
         assert_results_equal(graph_greedy, greedy_search(model, state, max_lengths))
         assert_results_equal(graph_beam, beam_search(model, state, max_lengths, 3, 0.6, 2))
     assert decode.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize(("n", "k"), [(3, 2), (10, 10), (64, 5), (200, 10), (40000, 10)])
+def test_top_k_is_exactly_tf_top_k(n, k):
+    # Beam search's two-pass top-k must pick the same values and indices as tf.math.top_k,
+    # ties (lowest index first) and -inf rows (dead beams at the first step) included.
+    rng = np.random.default_rng(n + k)
+    values = rng.normal(size=[6, n]).round(1).astype(np.float32)  # many ties
+    values[1] = -np.inf
+    values[2, : n // 2] = -np.inf
+    values[3] = values[3].max()  # all equal
+    values[4, -1] = 50.0  # the maximum in the last (padded) block
+    want_values, want_index = tf.math.top_k(values, k)
+    got_values, got_index = _top_k(tf.constant(values), k)
+    np.testing.assert_array_equal(got_values, want_values)
+    np.testing.assert_array_equal(got_index, want_index)
 
 
 def test_invalid_sizes():
