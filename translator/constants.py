@@ -38,5 +38,7 @@ def decoder_width(units: int, decoder_units: int, bridge: bool) -> int:
 
 # A bfloat16 model decodes batches of fewer rows (sentences x beam) than this in float32: on an
 # AMX CPU a bfloat16 matmul of one decoder step was slower than float32's up to 2-4 rows (1.2-
-# 1.5x at one row, weights already bfloat16) and faster from 6-8 (benchmarks/RESULTS.md).
+# 1.5x at one row, weights already bfloat16) and faster from 6-8; with the weights stored
+# transposed (`search_step._matmul`) a one-row bfloat16 step was within noise of float32's, so
+# the bound stayed (benchmarks/RESULTS.md).
 FLOAT32_BELOW_ROWS = 6

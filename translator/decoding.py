@@ -113,7 +113,7 @@ def _prepare_lengths(max_lengths: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]
 _BLOCK = 64  # values per block of `_top_k`'s first pass (fastest of 16 to 128, RESULTS.md)
 
 
-def _top_k(values: tf.Tensor, k: int) -> tf.Tensor:
+def _top_k(values: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
     """`tf.math.top_k(values, k)` for `values` `[batch, n]`, n >= k, in two passes.
 
     TensorFlow's CPU top-k over a beam search's candidates (`[batch, beam * vocab]`) took about

@@ -133,7 +133,7 @@ def recurrence(xz, h0, c0, recurrent, keep=None, training=True):
     @tf.custom_gradient
     def run(xz, h0, c0, recurrent):
         xz_s, h0_s, c0_s = (tf.cast(v, state_dtype) for v in (xz, h0, c0))
-        gates, (cs,), hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps)
+        gates, cs, hs, c_last = _forward(xz_s, h0_s, c0_s, recurrent, keep, steps)
 
         def grad(d_hs, d_c_last):
             d_hs = tf.zeros_like(hs) if d_hs is None else tf.cast(d_hs, state_dtype)
@@ -161,8 +161,8 @@ def _forward(xz, h0, c0, recurrent, keep, steps, gates=True):
 
     Returns:
         `(gates, cs, hs, c_last)`: gates `(i, f, g, o, tanh(c))`, cell states `cs` and hidden
-        states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`; gates and
-        `cs` are empty without `gates`.
+        states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`; without
+        `gates`, gates are `()` and `cs` is None.
     """
     names = ("i", "f", "g", "o", "tanh_c", "c", "h") if gates else ("h",)
     arrays = tuple(
@@ -191,7 +191,10 @@ def _forward(xz, h0, c0, recurrent, keep, steps, gates=True):
         lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, arrays)
     )
     *kept, hs = (a.stack() for a in arrays)
-    return kept[:-1], kept[-1:], hs, c_last
+    if not gates:
+        return (), None, hs, c_last
+    *gate_values, cs = kept
+    return gate_values, cs, hs, c_last
 
 
 def _backward(gates, cs, c0, d_hs, d_c, recurrent, keep, steps):

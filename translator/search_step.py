@@ -6,10 +6,11 @@
 gathers the encoder memory and keys (which never change) at every step. `search_step` builds
 the callback once per translate call, before the loop:
 
-- every weight is cast to the compute dtype once (the tied output matrix transposed once), or
-  not at all: `store_weights` keeps the cast copies in variables (a bfloat16 `Translator`
-  does at load, an export saves them), so a call reads bfloat16 weights and casts nothing
-  (for one sentence the casts of a call cost more than the steps they speed up);
+- every weight is cast to the compute dtype once, and stored transposed (`[out, in]`, the way
+  round `_matmul` multiplies it; the tied output matrix already is), or not at all:
+  `store_weights` keeps the cast copies in variables (a bfloat16 `Translator` does at load,
+  an export saves them), so a call reads bfloat16 weights and casts nothing (for one sentence
+  the casts of a call cost more than the steps they speed up);
 - `memory`, `keys` and `memory_mask` stay out of the loop state (repeated `beam_size` times
   up front), and the previous step's attention weights, which decoding never reads, are not
   carried;
