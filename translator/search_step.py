@@ -100,14 +100,19 @@ def stored_variables(decoder: Decoder) -> list[tf.Variable]:
     return list(getattr(decoder, STORED, ({}, []))[1])
 
 
-def _matmul(x, transposed):
+def _matmul(x, transposed, weight_first: bool = True):
     """`x @ weight` for `x` `[N, in]` and the weight stored transposed, `[out, in]`.
 
-    Computed as `(weight^T @ x^T)^T`: on an AMX CPU TensorFlow's bfloat16 matmul of a decoder
-    step's shapes ran 1.2 to 1.9 times faster this way round than as `x @ weight`, from 1 row
-    to 320 (RESULTS.md).
+    Which way round pays depends on the shape (AMX CPU, bfloat16, `benchmarks/matmul_orders.py`
+    in RESULTS.md): the LSTM's stacked `[4u, in + u]` ran faster as `(weight^T @ x^T)^T`
+    (`weight_first`) from 1 row to 320; as `x @ (weight^T)^T` (`transpose_b`, no copy of a
+    wide result) the combination matrix ran 1.8 times faster at 5 and 64 rows (even at 320)
+    and the output matrix 1.2 and 1.4 times at 64 and 320, both slower at one row (where a
+    call decodes in float32 by default, `FLOAT32_BELOW_ROWS`).
     """
-    return ops.transpose(tf.matmul(transposed, x, transpose_b=True))
+    if weight_first:
+        return ops.transpose(tf.matmul(transposed, x, transpose_b=True))
+    return tf.matmul(x, transposed, transpose_b=True)
 
 
 def _lstm(x, h, c, weights):
@@ -124,9 +129,9 @@ def _project(x, w: dict):
     """Float32 logits `[N, vocab]`: the matmul in bfloat16, the bias added in float32."""
     if "pre_output" in w:
         kernel, bias = w["pre_output"]
-        x = ops.add(_matmul(x, kernel), bias)
+        x = ops.add(_matmul(x, kernel, weight_first=False), bias)
     kernel, bias = w["output"]
-    return ops.cast(_matmul(x, kernel), "float32") + bias
+    return ops.cast(_matmul(x, kernel, weight_first=False), "float32") + bias
 
 
 def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
@@ -176,7 +181,7 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
             )
             with tf.name_scope("combine"):
                 both = ops.concatenate([context, x], -1)  # [N, memory + units]
-                x = new["feed"] = ops.tanh(_matmul(both, w["combine"]))
+                x = new["feed"] = ops.tanh(_matmul(both, w["combine"], weight_first=False))
         with tf.name_scope("output"):
             return _project(x, w), new
 
