@@ -92,6 +92,30 @@ def test_masked_outputs_carry_or_zero_like_keras():
         assert np.all(expected[2, : TIME - LENGTHS[2]] == 0)
 
 
+MASKS = {
+    # an empty row keeps the initial state; the right-padded loop gathers it differently
+    "right_padded_with_empty_row": tf.sequence_mask([6, 0, 1, 3], TIME),
+    # not right padding: a hole and left padding take the general masked loop
+    "holes": tf.constant([[1, 1, 0, 1, 1, 0], [0, 0, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [0] * 6])
+    > 0,
+}
+
+
+@pytest.mark.parametrize("mask_name", list(MASKS))
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("zero", [False, True], ids=["carry_output", "zero_output"])
+def test_inference_equals_keras_for_any_mask(mask_name, go_backwards, zero):
+    reference, fast = _pair(return_sequences=True, return_state=True, go_backwards=go_backwards)
+    reference.zero_output_for_mask = fast.zero_output_for_mask = zero
+    x = _normal(BATCH, TIME, FEATURES, seed=1)
+    state = [_normal(BATCH, UNITS, seed=2), _normal(BATCH, UNITS, seed=3)]
+    expected = reference(x, mask=MASKS[mask_name], initial_state=state)
+    got = fast(x, mask=MASKS[mask_name], initial_state=state)
+    _assert_all_close(got, expected, atol=1e-6)
+    graph = tf.function(lambda: fast(x, mask=MASKS[mask_name], initial_state=state))
+    _assert_all_close(graph(), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
 def test_bidirectional_equals_keras_and_starts_backward_at_last_real_token(with_state):
     layers = []

@@ -155,16 +155,17 @@ def recurrence(xz, h0, c0, recurrent, keep=None, training=True):
     return run(xz, h0, c0, recurrent)
 
 
-def _forward(xz, h0, c0, recurrent, keep, steps, gates=True):
+def _forward(xz, h0, c0, recurrent, keep, steps, gates=True, cells=False):
     """The forward loop. Keeps, per step, what the backward pass needs (storing costs less
-    than recomputing sigmoid and tanh there), or with `gates=False` only the hidden states.
+    than recomputing sigmoid and tanh there), or with `gates=False` only the hidden states
+    (and, with `cells`, the cell states).
 
     Returns:
         `(gates, cs, hs, c_last)`: gates `(i, f, g, o, tanh(c))`, cell states `cs` and hidden
         states `hs`, each `[time, batch, u]`, and the final cell state `[batch, u]`; without
-        `gates`, gates are `()` and `cs` is None.
+        `gates`, gates are `()` and `cs` is None unless `cells`.
     """
-    names = ("i", "f", "g", "o", "tanh_c", "c", "h") if gates else ("h",)
+    names = ("i", "f", "g", "o", "tanh_c", "c", "h") if gates else ("c", "h") if cells else ("h",)
     arrays = tuple(
         tf.TensorArray(xz.dtype, size=steps, element_shape=c0.shape, name=name) for name in names
     )
@@ -179,7 +180,7 @@ def _forward(xz, h0, c0, recurrent, keep, steps, gates=True):
         if keep is not None:
             keep_t = keep[t]  # [batch, 1]
             h_new, c_new = tf.where(keep_t, h_new, h), tf.where(keep_t, c_new, c)
-        values = (i, f, g, o, tanh_c, c_new, h_new) if gates else (h_new,)
+        values = (i, f, g, o, tanh_c, c_new, h_new) if gates else (c_new, h_new)[-len(names) :]
         return (
             t + 1,
             h_new,
@@ -192,7 +193,7 @@ def _forward(xz, h0, c0, recurrent, keep, steps, gates=True):
     )
     *kept, hs = (a.stack() for a in arrays)
     if not gates:
-        return (), None, hs, c_last
+        return (), (kept[0] if cells else None), hs, c_last
     *gate_values, cs = kept
     return gate_values, cs, hs, c_last
 
@@ -286,13 +287,38 @@ class LSTM(keras.layers.LSTM):
             mask = mask[0]
         if not self._fast(training):
             return super().inner_loop(sequences, initial_state, mask, training=training)
-        kernel, recurrent, bias = self.cast_weights()
         x = tf.transpose(sequences, (1, 0, 2))  # [time, batch, features]
+        if training or mask is None:
+            return self._masked_loop(x, initial_state, mask, training)
+        mask = tf.cast(mask, "bool")
+        lengths = tf.reduce_sum(tf.cast(mask, "int32"), 1)  # [batch]
+        right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
+        return tf.cond(
+            right_padded,
+            lambda: self._right_padded_loop(x, initial_state, lengths),
+            lambda: self._masked_loop(x, initial_state, mask, training=False),
+        )
+
+    def _projected(self, x, training) -> tuple:
+        """`(xz, recurrent)`: the input projections `[time, batch, 4u]` of all steps in one
+        matmul and the recurrent kernel, cast once. Without training, `xz` is float32."""
+        kernel, recurrent, bias = self.cast_weights()
+        if training:
+            return project(x, kernel, bias), recurrent
+        # the loop's float32 (the cast it makes anyway), then the bias: a bfloat16 add of the
+        # whole [time, batch, 4u] took longer than the cast and the add together
+        xz = project(x, kernel)
+        if xz.dtype != tf.float64:
+            xz = tf.cast(xz, "float32")
+        return (xz if bias is None else xz + tf.cast(bias, xz.dtype)), recurrent
+
+    def _masked_loop(self, x, initial_state, mask, training):
+        """Keras's semantics for any mask: a masked step carries both states unchanged."""
         keep = None if mask is None else tf.transpose(tf.cast(mask, "bool"))[:, :, None]
         if self.go_backwards:  # Keras reverses the whole padded sequence, mask included
             x = tf.reverse(x, [0])
             keep = None if keep is None else tf.reverse(keep, [0])
-        xz = project(x, kernel, bias)  # [time, batch, 4u]: one matmul for all steps
+        xz, recurrent = self._projected(x, training)
         h0, c0 = initial_state
         hs, c = recurrence(xz, h0, c0, recurrent, keep, training)  # hs: [time, batch, units]
         outputs = hs
@@ -302,6 +328,36 @@ class LSTM(keras.layers.LSTM):
             shown = keep if self.zero_output_for_mask else tf.cumsum(tf.cast(keep, "int32"), 0) > 0
             outputs = tf.where(shown, hs, tf.zeros((), hs.dtype))
         return outputs[-1], tf.transpose(outputs, (1, 0, 2)), [hs[-1], c]
+
+    def _right_padded_loop(self, x, initial_state, lengths):
+        """`_masked_loop`'s results without training when every row is `lengths` real steps
+        then padding, with no masking inside the loop (two selects per step fewer).
+
+        The loop runs every row through all steps; what it computes after a row's last real
+        step is never read: the final states are gathered at that step, and the outputs there
+        are replaced as Keras's carried states would give them. `go_backwards` reverses each
+        row's real steps in place, so the loop meets them in the order Keras's reversed padded
+        sequence does after its leading padding, from the initial state.
+        """
+        if self.go_backwards:
+            x = tf.reverse_sequence(x, lengths, seq_axis=0, batch_axis=1)
+        xz, recurrent = self._projected(x, training=False)
+        h0, c0 = (tf.cast(v, xz.dtype) for v in initial_state)
+        steps = tf.shape(xz)[0]
+        _, cs, hs, _ = _forward(xz, h0, c0, recurrent, None, steps, gates=False, cells=True)
+        started = (lengths > 0)[:, None]  # [batch, 1]: a row with no real step keeps h0, c0
+        at_last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(tf.shape(lengths)[0])], 1)
+        h = tf.where(started, tf.gather_nd(hs, at_last), h0)
+        c = tf.where(started, tf.gather_nd(cs, at_last), c0)
+        real = tf.transpose(tf.sequence_mask(lengths, steps))[:, :, None]  # [time, batch, 1]
+        if self.zero_output_for_mask or self.go_backwards:
+            padding = tf.zeros((), hs.dtype)  # backwards: padding comes before any real step
+        else:
+            padding = tf.where(started, h, tf.zeros((), hs.dtype))[None]  # the carried output
+        outputs = tf.where(real, hs, padding)
+        if self.go_backwards:  # Keras's order: leading padding, then the real steps reversed
+            outputs = tf.reverse(tf.reverse_sequence(outputs, lengths, 0, 1), [0])
+        return outputs[-1], tf.transpose(outputs, (1, 0, 2)), [h, c]
 
     def step(self, inputs, states, weights: tuple | None = None):
         """One step: `inputs` `[batch, features]`, `states` `(h, c)` `[batch, units]`.
