@@ -228,6 +228,26 @@ def test_beam_size_one_equals_greedy(seed):
         assert_results_equal(greedy, beam)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_from_logits_equals_greedy_from_log_probs(seed):
+    model = HashModel(seed)
+
+    def logits_step(tokens, state):  # unnormalized: each row shifted by its own constant
+        log_probs, state = model(tokens, state)
+        return log_probs + 3.0 * tf.cast(state["h"] % 5, tf.float32)[:, None], state
+
+    h, max_lengths = random_batch(seed, batch=8)
+    for alpha in [0.0, 0.6]:
+        expected = greedy_search(model, model.initial_state(h), max_lengths, length_penalty=alpha)
+        got = greedy_search(
+            logits_step, model.initial_state(h), max_lengths, length_penalty=alpha, logits=True
+        )
+        np.testing.assert_array_equal(got.tokens, expected.tokens)
+        np.testing.assert_array_equal(got.lengths, expected.lengths)
+        np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
+
+
 def test_batch_invariance():
     model = HashModel(seed=7)
     h, max_lengths = random_batch(seed=7, batch=4)

@@ -88,7 +88,15 @@ def build_translate_function(
         max_lengths = tf.minimum(limit + LENGTH_MARGIN, max_length)  # [batch]
 
         def search() -> DecodeResult:
-            step, state = model.search_step(model.encode(source, training=False), beam_size)
+            state = model.encode(source, training=False)
+            if beam_size == 1 and isinstance(model, Seq2Seq) and _bfloat16(model):
+                # bfloat16 greedy normalizes only the top logit; float32 keeps the log-softmax,
+                # so that its translations stay bitwise those of before
+                step, state = model.search_step(state, 1, logits=True)
+                return greedy_search(
+                    step, state, max_lengths, length_penalty=length_penalty, logits=True
+                )
+            step, state = model.search_step(state, beam_size)
             if beam_size == 1:
                 return greedy_search(step, state, max_lengths, length_penalty=length_penalty)
             return beam_search(step, state, max_lengths, beam_size, length_penalty, n_best)

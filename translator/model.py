@@ -153,7 +153,7 @@ class Seq2Seq(keras.Model):
         logits, state = self.decoder.step(ops.cast(tokens, "int32"), state)
         return ops.log_softmax(logits, axis=-1), state
 
-    def search_step(self, state: dict, beam_size: int = 1) -> tuple:
+    def search_step(self, state: dict, beam_size: int = 1, logits: bool = False) -> tuple:
         """The step callback of greedy and beam search and the state it starts from.
 
         Same results as `decode_step` (bitwise in float32), with the set-up done once per
@@ -163,12 +163,16 @@ class Seq2Seq(keras.Model):
         Args:
             state: `encode`'s output `[batch, ...]`.
             beam_size: rows per sentence of the search that will run the step.
+            logits: the step returns the float32 logits, not normalized (for
+                `greedy_search(logits=True)`).
 
         Returns:
             `(step, loop_state)`: `step(tokens [N], loop_state) -> (log_probs [N, vocab]
             float32, loop_state)`, a `decoding.StepFn`, and its initial state `[batch, ...]`.
         """
         step, loop_state = search_step(self.decoder, state, beam_size)
+        if logits:
+            return (lambda tokens, carry: step(ops.cast(tokens, "int32"), carry)), loop_state
 
         def log_probs_step(tokens, carry):
             logits, carry = step(ops.cast(tokens, "int32"), carry)
