@@ -43,10 +43,13 @@ def worker(args: argparse.Namespace) -> None:
     sources = read_sources(args.source)
     translator.translate(sources[:64], beam_size=args.beam)  # trace the shapes once
     translator.translate(sources[:1], beam_size=args.beam)
+    options = {"beam_size": args.beam}
+    if args.batch_size:
+        options["batch_size"] = args.batch_size
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        outputs = translator.translate(sources, beam_size=args.beam)
+        outputs = translator.translate(sources, **options)
         times.append(time.perf_counter() - start)
     seconds = min(times)  # the least disturbed of the process's calls
     single = []
@@ -69,6 +72,7 @@ def run_contestant(path: str, precision: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", "--precision", precision]
     command += ["--model-dir", args.model_dir, "--source", args.source, "--beam", str(args.beam)]
     command += ["--single-calls", str(args.single_calls), "--repeats", str(args.repeats)]
+    command += ["--batch-size", str(args.batch_size)]
     env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -89,6 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="sentences per model call in the throughput calls (0: each code's default, "
+        "which for a trained model directory is its config's decode.batch_size)",
+    )
     parser.add_argument(
         "--repeats", type=int, default=1, help="timed calls on all sentences per process (min)"
     )
@@ -149,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         "commit": args.commit,
         "model_dir": args.model_dir,
         "beam": args.beam,
+        "batch_size": args.batch_size or "default",
         "sentences": sentences,
         "rounds": args.rounds,
         "results": results,
