@@ -248,6 +248,44 @@ def test_greedy_from_logits_equals_greedy_from_log_probs(seed):
         np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compacting_greedy_decodes_the_same_on_fewer_rows(seed):
+    model = HashModel(seed)
+    row_steps = tf.Variable(0)
+
+    def counted(tokens, state):  # the rows the model is asked for, summed over the steps
+        row_steps.assign_add(tf.shape(tokens)[0])
+        return model(tokens, state)
+
+    h, max_lengths = random_batch(seed, batch=16)
+    results, counts = {}, {}
+    for compact in (0.0, 0.5, 1.0):
+        for logits in (False, True):
+            row_steps.assign(0)
+            search = tf.function(
+                lambda h, logits=logits, compact=compact: greedy_search(
+                    counted,
+                    model.initial_state(h),
+                    max_lengths,
+                    length_penalty=0.6,
+                    logits=logits,
+                    compact=compact,
+                )
+            )
+            results[compact, logits] = search(h)
+            counts[compact, logits] = int(row_steps.numpy())
+    for logits in (False, True):
+        for compact in (0.5, 1.0):
+            got, expected = results[compact, logits], results[0.0, logits]
+            np.testing.assert_array_equal(got.tokens, expected.tokens)
+            np.testing.assert_array_equal(got.lengths, expected.lengths)
+            # a kernel's rounding of a row may depend on how many rows it is given
+            np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6, atol=1e-6)
+        # finished rows left the loop: fewer rows decoded, the more so the sooner
+        assert counts[1.0, logits] < counts[0.5, logits] < counts[0.0, logits]
+
+
 def test_batch_invariance():
     model = HashModel(seed=7)
     h, max_lengths = random_batch(seed=7, batch=4)

@@ -96,8 +96,7 @@ MASKS = {
     # an empty row keeps the initial state; the right-padded loop gathers it differently
     "right_padded_with_empty_row": tf.sequence_mask([6, 0, 1, 3], TIME),
     # not right padding: a hole and left padding take the general masked loop
-    "holes": tf.constant([[1, 1, 0, 1, 1, 0], [0, 0, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [0] * 6])
-    > 0,
+    "holes": tf.constant([[1, 1, 0, 1, 1, 0], [0, 0, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0], [0] * 6]) > 0,
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from translator.config import Config, load_config
-from translator.constants import FLOAT32_BELOW_ROWS
+from translator.constants import FLOAT32_BELOW_ROWS, GREEDY_COMPACT
 from translator.decoding import DecodeResult, beam_search, greedy_search
 from translator.ensemble import Ensemble, Member, check_members
 from translator.errors import EnsembleError, ModelDirError
@@ -59,12 +59,16 @@ def build_translate_function(
     max_length: int = 256,
     max_source_length: int = 256,
     float32_below: int = 0,
+    compact: float = GREEDY_COMPACT,
 ) -> tf.types.experimental.GenericFunction:
     """A `tf.function` from a [batch] string tensor to translations, entirely in-graph.
 
     A bfloat16 `model` with `float32_below` > 0 encodes and decodes a batch of fewer than that
     many rows (sentences x beam size) in float32 instead, exactly as the float32 model would
     (`precision.computing_in_float32`; both paths are in the graph, chosen per call).
+    bfloat16 greedy search takes the top logit of each row and drops finished rows from its
+    loop once at most `compact` of them still decode (`decoding.greedy_search`; 0: never);
+    float32 decodes as before, bitwise.
 
     Returns a function whose output is a dict:
         translations [batch, n_best] string, scores / log_probs [batch, n_best] float32,
@@ -90,11 +94,16 @@ def build_translate_function(
         def search() -> DecodeResult:
             state = model.encode(source, training=False)
             if beam_size == 1 and isinstance(model, Seq2Seq) and _bfloat16(model):
-                # bfloat16 greedy normalizes only the top logit; float32 keeps the log-softmax,
-                # so that its translations stay bitwise those of before
-                step, state = model.search_step(state, 1, logits=True)
+                # float32 keeps the log-softmax and every row, so that its translations stay
+                # bitwise those of before
+                step, state = model.search_step(state, 1, logits=True, fixed_in_state=True)
                 return greedy_search(
-                    step, state, max_lengths, length_penalty=length_penalty, logits=True
+                    step,
+                    state,
+                    max_lengths,
+                    length_penalty=length_penalty,
+                    logits=True,
+                    compact=compact,
                 )
             step, state = model.search_step(state, beam_size)
             if beam_size == 1:

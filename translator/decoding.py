@@ -66,16 +66,20 @@ class _BeamState(NamedTuple):
 
 
 class _GreedyState(NamedTuple):
-    """Loop state of `greedy_search`."""
+    """Loop state of `greedy_search`. With `compact`, the loop's rows are some of the batch's
+    (`rows`), and what they decided is kept for the whole batch (`kept`)."""
 
     step: tf.Tensor  # [] int32
-    tokens: tf.Tensor  # [batch, time] int32
-    last_tokens: tf.Tensor  # [batch] int32
-    log_probs: tf.Tensor  # [batch] float32
-    lengths: tf.Tensor  # [batch] int32
-    ended: tf.Tensor  # [batch] bool, EOS was emitted
-    done: tf.Tensor  # [batch] bool
-    model_state: Any  # tf.nest of [batch, ...]
+    tokens: tf.Tensor  # [batch, time] int32 (of the whole batch)
+    last_tokens: tf.Tensor  # [rows] int32
+    log_probs: tf.Tensor  # [rows] float32
+    lengths: tf.Tensor  # [rows] int32
+    ended: tf.Tensor  # [rows] bool, EOS was emitted
+    done: tf.Tensor  # [rows] bool
+    model_state: Any  # tf.nest of [rows, ...]
+    rows: Any = ()  # with compact: [rows] int32, each loop row's row of the batch
+    max_lengths: Any = ()  # with compact: [rows] int32
+    kept: Any = ()  # with compact: (log_probs, lengths, ended), each [batch]
 
 
 def _length_penalty(length: tf.Tensor | int, alpha: float) -> tf.Tensor:
@@ -151,6 +155,7 @@ def greedy_search(
     eos_id: int = 3,
     length_penalty: float = 0.0,
     logits: bool = False,
+    compact: float = 0.0,
 ) -> DecodeResult:
     """Decodes the most probable token at every step until EOS or the maximum length.
 
@@ -166,6 +171,12 @@ def greedy_search(
             token: one softmax per row instead of a log-softmax and a sum over the whole
             vocabulary (a quarter of a bfloat16 step's time at 64 rows, RESULTS.md). The same
             tokens up to ties within float rounding, the log-probabilities within it.
+        compact: when at most this fraction of the loop's rows still decode, the finished
+            ones leave the loop (every tensor of the state is gathered down to the others),
+            so later steps run on fewer rows; 0: never. The state must then hold every
+            per-row tensor the step reads (`Seq2Seq.search_step(fixed_in_state=True)`).
+            The same tokens; scores within float rounding (a kernel's rounding of a row can
+            depend on how many rows it is given).
 
     Returns:
         A DecodeResult with n_best = 1; without `logits`, equal, token for token, to
@@ -175,32 +186,46 @@ def greedy_search(
     positions = tf.range(max_steps)  # [time]
 
     def body(s: _GreedyState) -> tuple[_GreedyState]:
-        scores, model_state = step_fn(s.last_tokens, s.model_state)  # [batch, vocab]
+        scores, model_state = step_fn(s.last_tokens, s.model_state)  # [rows, vocab]
         if logits:
-            token = tf.math.top_k(scores, 1)[1][:, 0]  # [batch]
+            token = tf.math.top_k(scores, 1)[1][:, 0]  # [rows]
             chosen = tf.gather(tf.nn.softmax(scores), token, batch_dims=1)
             best = s.log_probs + tf.math.log(chosen)
         else:
             # Rank cumulative scores with top_k, exactly as beam_search does, so that rounding
             # and ties (lowest id first) resolve identically.
             best, token = tf.math.top_k(s.log_probs[:, None] + scores, 1)
-            best, token = best[:, 0], token[:, 0]  # [batch]
+            best, token = best[:, 0], token[:, 0]  # [rows]
         active = ~s.done
         is_eos = tf.equal(token, eos_id)
         grow = active & ~is_eos
-        write = grow[:, None] & tf.equal(positions, s.step)[None, :]  # [batch, time]
         ended = s.ended | (active & is_eos)
-        new = _GreedyState(
+        limits = s.max_lengths if compact else max_lengths
+        new = s._replace(
             step=s.step + 1,
-            tokens=tf.where(write, token[:, None], s.tokens),
             last_tokens=token,
             log_probs=tf.where(active, best, s.log_probs),
             lengths=s.lengths + tf.cast(grow, tf.int32),
             ended=ended,
-            done=s.done | ended | (s.step + 1 >= max_lengths),
+            done=s.done | ended | (s.step + 1 >= limits),
             model_state=model_state,
         )
-        return (new,)
+        if not compact:
+            write = grow[:, None] & tf.equal(positions, s.step)[None, :]  # [batch, time]
+            return (new._replace(tokens=tf.where(write, token[:, None], s.tokens)),)
+        at = tf.stack([s.rows, tf.fill(tf.shape(s.rows), s.step)], 1)  # unwritten cells are 0
+        decided = (new.log_probs, new.lengths, new.ended)
+        new = new._replace(
+            tokens=tf.tensor_scatter_nd_update(s.tokens, at, tf.where(grow, token, 0)),
+            kept=tuple(
+                tf.tensor_scatter_nd_update(whole, s.rows[:, None], values)
+                for whole, values in zip(s.kept, decided, strict=True)
+            ),
+        )
+        rows = tf.cast(tf.shape(new.done)[0], tf.float32)
+        live = tf.reduce_sum(tf.cast(~new.done, tf.int32))
+        shrink = (live > 0) & (tf.cast(live, tf.float32) <= tf.minimum(compact * rows, rows - 1))
+        return (tf.cond(shrink, lambda: _drop_finished(new), lambda: new),)
 
     init = _GreedyState(
         step=tf.constant(0),
@@ -212,19 +237,37 @@ def greedy_search(
         done=max_lengths <= 0,
         model_state=initial_state,
     )
+    if compact:
+        init = init._replace(
+            rows=tf.range(batch),
+            max_lengths=max_lengths,
+            kept=(init.log_probs, init.lengths, init.ended),
+        )
     (final,) = tf.while_loop(
         lambda s: (s.step < max_steps) & ~tf.reduce_all(s.done),
         body,
         (init,),
         shape_invariants=(_loop_shapes(init),),
     )
-    penalty = _length_penalty(final.lengths + tf.cast(final.ended, tf.int32), length_penalty)
+    if compact:
+        log_probs, lengths, ended = final.kept
+    else:
+        log_probs, lengths, ended = final.log_probs, final.lengths, final.ended
+    penalty = _length_penalty(lengths + tf.cast(ended, tf.int32), length_penalty)
     return DecodeResult(
-        tokens=_trim(final.tokens[:, None, :], final.lengths),
-        lengths=final.lengths[:, None],
-        log_probs=final.log_probs[:, None],
-        scores=(final.log_probs / penalty)[:, None],
+        tokens=_trim(final.tokens[:, None, :], lengths),
+        lengths=lengths[:, None],
+        log_probs=log_probs[:, None],
+        scores=(log_probs / penalty)[:, None],
     )
+
+
+def _drop_finished(s: _GreedyState) -> _GreedyState:
+    """`s` with only the rows still decoding (the whole batch's `tokens` and `kept` stay)."""
+    live = tf.where(~s.done)[:, 0]
+    per_row = s._replace(step=(), tokens=(), kept=())
+    gathered = tf.nest.map_structure(lambda t: tf.gather(t, live), per_row)
+    return gathered._replace(step=s.step, tokens=s.tokens, kept=s.kept)
 
 
 def beam_search(

@@ -153,7 +153,9 @@ class Seq2Seq(keras.Model):
         logits, state = self.decoder.step(ops.cast(tokens, "int32"), state)
         return ops.log_softmax(logits, axis=-1), state
 
-    def search_step(self, state: dict, beam_size: int = 1, logits: bool = False) -> tuple:
+    def search_step(
+        self, state: dict, beam_size: int = 1, logits: bool = False, fixed_in_state: bool = False
+    ) -> tuple:
         """The step callback of greedy and beam search and the state it starts from.
 
         Same results as `decode_step` (bitwise in float32), with the set-up done once per
@@ -165,12 +167,14 @@ class Seq2Seq(keras.Model):
             beam_size: rows per sentence of the search that will run the step.
             logits: the step returns the float32 logits, not normalized (for
                 `greedy_search(logits=True)`).
+            fixed_in_state: every per-row tensor in the loop state, the encoder memory too (for
+                `greedy_search(compact=...)`, which drops finished rows).
 
         Returns:
             `(step, loop_state)`: `step(tokens [N], loop_state) -> (log_probs [N, vocab]
             float32, loop_state)`, a `decoding.StepFn`, and its initial state `[batch, ...]`.
         """
-        step, loop_state = search_step(self.decoder, state, beam_size)
+        step, loop_state = search_step(self.decoder, state, beam_size, fixed_in_state)
         if logits:
             return (lambda tokens, carry: step(ops.cast(tokens, "int32"), carry)), loop_state
 

@@ -134,7 +134,7 @@ def _project(x, w: dict):
     return ops.cast(_matmul(x, kernel, weight_first=False), "float32") + bias
 
 
-def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
+def search_step(decoder: Decoder, state: dict, beam_size: int = 1, fixed_in_state: bool = False):
     """The step callback a search runs, and the state it starts from.
 
     Args:
@@ -142,6 +142,9 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
         state: `Seq2Seq.encode`'s output `[batch, ...]`.
         beam_size: rows per sentence the search will run (the state is given per sentence;
             `beam_search` repeats the returned state, the fixed part is repeated here).
+        fixed_in_state: carry the fixed encoder-side state in the loop state too (passed
+            through unchanged), so that every per-row tensor is in it: a search can then drop
+            rows (`greedy_search`'s `compact`).
 
     Returns:
         `(step, loop_state)`: `step(tokens [N], loop_state) -> (logits [N, vocab] float32,
@@ -155,17 +158,20 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
     if decoder.compute_dtype == "float32":  # no casts to save: the layers' own operations
 
         def float32_step(tokens, carry: dict):
-            logits, new = decoder.step(tokens, {**carry, **fixed})
+            logits, new = decoder.step(tokens, {**fixed, **carry})
             return logits, {k: new[k] for k in carry}
 
-        return float32_step, carried
+        return float32_step, {**carried, **fixed} if fixed_in_state else carried
     # the cell state stays float32 through the loop
     carried = {k: ops.cast(v, "float32") if k[0] == "c" else v for k, v in carried.items()}
+    if fixed_in_state:
+        carried.update(fixed)
     w = getattr(decoder, STORED, (None,))[0] or _weights(decoder)
     embeddings = decoder.embedding.embeddings
     attention = decoder.attention != "none"
 
     def step(tokens, carry: dict):  # name scopes: for profiles (benchmarks/decode_step.py)
+        fixed_now = {k: carry[k] for k in fixed} if fixed_in_state else fixed
         with tf.name_scope("embedding"):
             x = ops.cast(ops.take(embeddings, tokens, axis=0), decoder.compute_dtype)  # [N, emb]
         new = {}
@@ -177,11 +183,17 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1):
             new[f"h{i}"] = x
         if attention:
             context, _ = decoder.attention_layer(
-                x, fixed["memory"], fixed["keys"], fixed["memory_mask"], weights=w["attention"]
+                x,
+                fixed_now["memory"],
+                fixed_now["keys"],
+                fixed_now["memory_mask"],
+                weights=w["attention"],
             )
             with tf.name_scope("combine"):
                 both = ops.concatenate([context, x], -1)  # [N, memory + units]
                 x = new["feed"] = ops.tanh(_matmul(both, w["combine"], weight_first=False))
+        if fixed_in_state:
+            new.update(fixed_now)
         with tf.name_scope("output"):
             return _project(x, w), new
 
