@@ -248,6 +248,26 @@ def test_greedy_from_logits_equals_greedy_from_log_probs(seed):
         np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_from_logits_equals_beam_from_log_probs(seed):
+    model = HashModel(seed)
+
+    def logits_step(tokens, state):  # unnormalized: each row shifted by its own constant
+        log_probs, state = model(tokens, state)
+        return log_probs + 3.0 * tf.cast(state["h"] % 5, tf.float32)[:, None], state
+
+    h, max_lengths = random_batch(seed, batch=6)
+    for k, n_best, alpha in [(2, 2, 0.6), (3, 1, 0.0), (5, 3, 1.0)]:
+        expected = beam_search(model, model.initial_state(h), max_lengths, k, alpha, n_best)
+        got = beam_search(
+            logits_step, model.initial_state(h), max_lengths, k, alpha, n_best, logits=True
+        )
+        np.testing.assert_array_equal(got.tokens, expected.tokens)
+        np.testing.assert_array_equal(got.lengths, expected.lengths)
+        np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_compacting_greedy_decodes_the_same_on_fewer_rows(seed):
     model = HashModel(seed)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from translator.config import ModelConfig
+from translator.constants import TOP_K_BLOCK
 from translator.decoding import beam_search, greedy_search
 from translator.model import build_model
 from translator.precision import dtype_policy
@@ -96,17 +97,22 @@ def test_bfloat16_step_matches_decode_step_within_bfloat16_rounding(variant):
     state = m.encode(SOURCE)
     step, loop_state = m.search_step(state)
     tokens = tf.constant([2, 2, 2])
+    vocab = m.target_vocab_size
     for _ in range(4):
         fast, loop_state = step(tokens, loop_state)
         plain, state = m.decode_step(tokens, state)
         assert fast.dtype == tf.float32
+        # the vocabulary padded to a multiple of TOP_K_BLOCK with tokens of probability 0
+        assert fast.shape[-1] % TOP_K_BLOCK == 0 and fast.shape[-1] - vocab < TOP_K_BLOCK
+        assert np.all(fast.numpy()[:, vocab:] == -np.inf)
+        fast = fast[:, :vocab]
         # bfloat16 keeps 8 bits: a logit of size ~10 moves by ~0.05 per rounding
         np.testing.assert_allclose(fast.numpy(), plain.numpy(), atol=0.25)
         tokens = tf.argmax(plain, -1, output_type=tf.int32)
     f32 = model(variant)
     reference, _ = f32.decode_step(tf.constant([2, 2, 2]), f32.encode(SOURCE))
     step, loop_state = m.search_step(m.encode(SOURCE))
-    first, _ = step(tf.constant([2, 2, 2]), loop_state)
+    first = step(tf.constant([2, 2, 2]), loop_state)[0][:, :vocab]
     np.testing.assert_allclose(first.numpy(), reference.numpy(), atol=0.25)
     assert not np.array_equal(first.numpy(), reference.numpy())  # it did run in bfloat16
 
@@ -145,7 +151,8 @@ def test_stored_bfloat16_weights_are_cast_once_and_decode_the_same(variant):
     cast_per_call = search(SOURCE)
     assert _weight_casts(search, SOURCE)  # without stored weights a call casts them
     stored = m.store_search_weights()
-    assert stored and all(v.dtype == tf.bfloat16 and not v.trainable for v in stored)
+    assert stored and not any(v.trainable for v in stored)
+    assert all(v.dtype == tf.bfloat16 for v in stored if v.shape.rank == 2)  # biases: float32
     assert m.stored_weights() == stored
     assert not any(v is w for v in stored for w in m.weights)  # not model weights
     assert not _weight_casts(search, SOURCE)  # the decoder's matrices are read as bfloat16

@@ -66,9 +66,9 @@ def build_translate_function(
     A bfloat16 `model` with `float32_below` > 0 encodes and decodes a batch of fewer than that
     many rows (sentences x beam size) in float32 instead, exactly as the float32 model would
     (`precision.computing_in_float32`; both paths are in the graph, chosen per call).
-    bfloat16 greedy search takes the top logit of each row and drops finished rows from its
-    loop once at most `compact` of them still decode (`decoding.greedy_search`; 0: never);
-    float32 decodes as before, bitwise.
+    In bfloat16 the searches work from logits (`logits=True`), and greedy search drops finished
+    rows from its loop once at most `compact` of them still decode (`decoding.greedy_search`;
+    0: never); float32 decodes as before, bitwise.
 
     Returns a function whose output is a dict:
         translations [batch, n_best] string, scores / log_probs [batch, n_best] float32,
@@ -93,22 +93,23 @@ def build_translate_function(
 
         def search() -> DecodeResult:
             state = model.encode(source, training=False)
-            if beam_size == 1 and isinstance(model, Seq2Seq) and _bfloat16(model):
-                # float32 keeps the log-softmax and every row, so that its translations stay
-                # bitwise those of before
-                step, state = model.search_step(state, 1, logits=True, fixed_in_state=True)
-                return greedy_search(
-                    step,
-                    state,
-                    max_lengths,
-                    length_penalty=length_penalty,
-                    logits=True,
-                    compact=compact,
-                )
-            step, state = model.search_step(state, beam_size)
+            # bfloat16 searches work from logits and greedy drops finished rows; float32 keeps
+            # the log-softmax and every row, so that its translations stay bitwise as before
+            lean = isinstance(model, Seq2Seq) and _bfloat16(model)
+            options = {"logits": True} if lean else {}
             if beam_size == 1:
-                return greedy_search(step, state, max_lengths, length_penalty=length_penalty)
-            return beam_search(step, state, max_lengths, beam_size, length_penalty, n_best)
+                if lean:
+                    options.update(compact=compact)
+                    step, state = model.search_step(state, 1, logits=True, fixed_in_state=True)
+                else:
+                    step, state = model.search_step(state, 1)
+                return greedy_search(
+                    step, state, max_lengths, length_penalty=length_penalty, **options
+                )
+            step, state = model.search_step(state, beam_size, **options)
+            return beam_search(
+                step, state, max_lengths, beam_size, length_penalty, n_best, **options
+            )
 
         def search_in_float32() -> DecodeResult:
             with computing_in_float32(model):

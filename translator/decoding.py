@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from translator.constants import TOP_K_BLOCK
+
 StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any]]
 """step_fn(tokens [N] int32, state) -> (log_probs [N, vocab] float32, new_state).
 
@@ -114,7 +116,7 @@ def _prepare_lengths(max_lengths: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]
     return max_lengths, tf.shape(max_lengths)[0], max_steps
 
 
-_BLOCK = 64  # values per block of `_top_k`'s first pass (fastest of 16 to 128, RESULTS.md)
+_BLOCK = TOP_K_BLOCK  # values per block of `_top_k`'s first pass
 
 
 def _top_k(values: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -279,6 +281,7 @@ def beam_search(
     n_best: int = 1,
     bos_id: int = 2,
     eos_id: int = 3,
+    logits: bool = False,
 ) -> DecodeResult:
     """Beam search with finished hypotheses kept aside and the GNMT length penalty.
 
@@ -299,6 +302,11 @@ def beam_search(
         n_best: hypotheses returned per sentence, 1 <= n_best <= beam_size.
         bos_id: first input token.
         eos_id: token that ends a hypothesis.
+        logits: `step_fn` returns unnormalized float32 logits. Each row's top 2k tokens by
+            logit are taken first (the top 2k candidates of a sentence are among them) and
+            only their log-probabilities computed, `log(softmax)`: no log-softmax and no sum
+            over the whole `[batch, beam * vocab]` (RESULTS.md). The same candidates up to
+            ties within float rounding, their log-probabilities within it.
 
     Returns:
         A DecodeResult sorted by score; a sentence with fewer than n_best hypotheses found has
@@ -341,11 +349,21 @@ def beam_search(
         return tf.nest.map_structure(lambda t: tf.gather(t, index, batch_dims=1), both)
 
     def body(s: _BeamState) -> tuple[_BeamState]:
-        log_probs, model_state = step_fn(tf.reshape(s.last_tokens, [-1]), s.model_state)
-        vocab = tf.shape(log_probs)[-1]
-        candidates = s.live_log_probs[:, :, None] + tf.reshape(log_probs, [-1, k, vocab])
-        top_log_probs, top_index = _top_k(tf.reshape(candidates, [-1, k * vocab]), 2 * k)
-        parent, token = top_index // vocab, top_index % vocab  # [batch, 2 * beam]
+        scores, model_state = step_fn(tf.reshape(s.last_tokens, [-1]), s.model_state)
+        if logits:
+            vocab = scores.shape[-1]
+            m = 2 * k if vocab is None else min(2 * k, vocab)  # tokens kept per row
+            _, row_tokens = _top_k(scores, m)  # [batch * beam, m]
+            chosen = tf.gather(tf.nn.softmax(scores), row_tokens, batch_dims=1)
+            candidates = s.live_log_probs[:, :, None] + tf.reshape(tf.math.log(chosen), [-1, k, m])
+            top_log_probs, top_index = tf.math.top_k(tf.reshape(candidates, [-1, k * m]), 2 * k)
+            parent = top_index // m  # [batch, 2 * beam]
+            token = tf.gather(tf.reshape(row_tokens, [-1, k * m]), top_index, batch_dims=1)
+        else:
+            vocab = tf.shape(scores)[-1]
+            candidates = s.live_log_probs[:, :, None] + tf.reshape(scores, [-1, k, vocab])
+            top_log_probs, top_index = _top_k(tf.reshape(candidates, [-1, k * vocab]), 2 * k)
+            parent, token = top_index // vocab, top_index % vocab  # [batch, 2 * beam]
         is_eos = tf.equal(token, eos_id)
         write = ~is_eos[:, :, None] & tf.equal(positions, s.step)[None, None, :]
         top_tokens = tf.where(  # [batch, 2 * beam, time]; EOS is not stored

@@ -172,7 +172,9 @@ class Seq2Seq(keras.Model):
 
         Returns:
             `(step, loop_state)`: `step(tokens [N], loop_state) -> (log_probs [N, vocab]
-            float32, loop_state)`, a `decoding.StepFn`, and its initial state `[batch, ...]`.
+            float32, loop_state)`, a `decoding.StepFn`, and its initial state `[batch, ...]`;
+            in bfloat16, `vocab` is padded to a multiple of `TOP_K_BLOCK` with tokens of
+            probability 0 (`translator.search_step`).
         """
         step, loop_state = search_step(self.decoder, state, beam_size, fixed_in_state)
         if logits:

@@ -33,6 +33,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from translator.constants import TOP_K_BLOCK
 from translator.lstm import lstm_cell
 
 if TYPE_CHECKING:
@@ -65,9 +66,17 @@ def _weights(decoder: Decoder) -> dict:
         if decoder.units != decoder.embedding_dim:
             kernel, bias = decoder.pre_output.kernel, decoder.pre_output.bias
             w["pre_output"] = (cast_t(kernel), ops.cast(bias, dtype))
-        w["output"] = (ops.cast(decoder.embedding.embeddings, dtype), decoder.output_bias)
+        kernel, bias = ops.cast(decoder.embedding.embeddings, dtype), decoder.output_bias
     else:
-        w["output"] = (cast_t(decoder.output_dense.kernel), decoder.output_dense.bias)
+        kernel, bias = cast_t(decoder.output_dense.kernel), decoder.output_dense.bias
+    # Padding tokens up to a multiple of TOP_K_BLOCK (zero weights, bias -inf: probability 0,
+    # never chosen) spare beam search's top-k a copy of the logits to pad them (RESULTS.md).
+    pad = (-kernel.shape[0]) % TOP_K_BLOCK
+    if pad:
+        kernel = ops.concatenate([kernel, ops.zeros((pad, kernel.shape[1]), kernel.dtype)], 0)
+        bias = ops.zeros((kernel.shape[0] - pad,), "float32") if bias is None else bias
+        bias = ops.concatenate([ops.cast(bias, "float32"), ops.full((pad,), float("-inf"))], 0)
+    w["output"] = (kernel, bias)
     return w
 
 
@@ -148,7 +157,8 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1, fixed_in_stat
 
     Returns:
         `(step, loop_state)`: `step(tokens [N], loop_state) -> (logits [N, vocab] float32,
-        loop_state)` and the initial loop state `[batch, ...]` (`h{i}`, `c{i}` per layer and,
+        loop_state)` (in bfloat16, `vocab` padded to a multiple of `TOP_K_BLOCK` with logits
+        -inf, tokens of probability 0) and the initial loop state `[batch, ...]` (`h{i}`, `c{i}` per layer and,
         with attention, `feed`; `c{i}` float32 in bfloat16).
     """
     fixed = {k: state[k] for k in FIXED if k in state}
