@@ -158,8 +158,9 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1, fixed_in_stat
     Returns:
         `(step, loop_state)`: `step(tokens [N], loop_state) -> (logits [N, vocab] float32,
         loop_state)` (in bfloat16, `vocab` padded to a multiple of `TOP_K_BLOCK` with logits
-        -inf, tokens of probability 0) and the initial loop state `[batch, ...]` (`h{i}`, `c{i}` per layer and,
-        with attention, `feed`; `c{i}` float32 in bfloat16).
+        -inf, tokens of probability 0) and the initial loop state `[batch, ...]` (`h{i}`,
+        `c{i}` per layer and, with attention, `feed`; `c{i}` float32 in bfloat16; with
+        `fixed_in_state`, the fixed state too).
     """
     fixed = {k: state[k] for k in FIXED if k in state}
     if beam_size > 1:
