@@ -75,6 +75,11 @@ class HashModel:
         trace = state["trace"] * 0.5 + tf.cast(tokens, tf.float32)[:, None]  # [N, 2]
         return tf.gather(self.table, h), {"h": h, "trace": trace}
 
+    def logits(self, tokens: tf.Tensor, state: dict) -> tuple[tf.Tensor, dict]:
+        """The same step unnormalized: each row's log-probs shifted by its own constant."""
+        log_probs, state = self(tokens, state)
+        return log_probs + 3.0 * tf.cast(state["h"] % 5, tf.float32)[:, None], state
+
     @staticmethod
     def initial_state(h: tf.Tensor) -> dict:
         return {"h": h, "trace": tf.zeros([tf.shape(h)[0], 2])}
@@ -87,6 +92,14 @@ def numpy(result: DecodeResult) -> tuple[np.ndarray, ...]:
 def assert_results_equal(a: DecodeResult, b: DecodeResult) -> None:
     for x, y in zip(numpy(a), numpy(b), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def assert_results_close(got: DecodeResult, expected: DecodeResult, tol: float) -> None:
+    """The same tokens and lengths, log-probs and scores within `tol` (float rounding)."""
+    np.testing.assert_array_equal(got.tokens, expected.tokens)
+    np.testing.assert_array_equal(got.lengths, expected.lengths)
+    np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=tol, atol=tol)
 
 
 def test_greedy_follows_argmax_and_stops_at_eos():
@@ -231,41 +244,25 @@ def test_beam_size_one_equals_greedy(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_greedy_from_logits_equals_greedy_from_log_probs(seed):
     model = HashModel(seed)
-
-    def logits_step(tokens, state):  # unnormalized: each row shifted by its own constant
-        log_probs, state = model(tokens, state)
-        return log_probs + 3.0 * tf.cast(state["h"] % 5, tf.float32)[:, None], state
-
     h, max_lengths = random_batch(seed, batch=8)
     for alpha in [0.0, 0.6]:
         expected = greedy_search(model, model.initial_state(h), max_lengths, length_penalty=alpha)
         got = greedy_search(
-            logits_step, model.initial_state(h), max_lengths, length_penalty=alpha, logits=True
+            model.logits, model.initial_state(h), max_lengths, length_penalty=alpha, logits=True
         )
-        np.testing.assert_array_equal(got.tokens, expected.tokens)
-        np.testing.assert_array_equal(got.lengths, expected.lengths)
-        np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
+        assert_results_close(got, expected, 1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_beam_from_logits_equals_beam_from_log_probs(seed):
     model = HashModel(seed)
-
-    def logits_step(tokens, state):  # unnormalized: each row shifted by its own constant
-        log_probs, state = model(tokens, state)
-        return log_probs + 3.0 * tf.cast(state["h"] % 5, tf.float32)[:, None], state
-
     h, max_lengths = random_batch(seed, batch=6)
     for k, n_best, alpha in [(2, 2, 0.6), (3, 1, 0.0), (5, 3, 1.0)]:
         expected = beam_search(model, model.initial_state(h), max_lengths, k, alpha, n_best)
         got = beam_search(
-            logits_step, model.initial_state(h), max_lengths, k, alpha, n_best, logits=True
+            model.logits, model.initial_state(h), max_lengths, k, alpha, n_best, logits=True
         )
-        np.testing.assert_array_equal(got.tokens, expected.tokens)
-        np.testing.assert_array_equal(got.lengths, expected.lengths)
-        np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
+        assert_results_close(got, expected, 1e-5)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -296,12 +293,8 @@ def test_compacting_greedy_decodes_the_same_on_fewer_rows(seed):
             counts[compact, logits] = int(row_steps.numpy())
     for logits in (False, True):
         for compact in (0.5, 1.0):
-            got, expected = results[compact, logits], results[0.0, logits]
-            np.testing.assert_array_equal(got.tokens, expected.tokens)
-            np.testing.assert_array_equal(got.lengths, expected.lengths)
             # a kernel's rounding of a row may depend on how many rows it is given
-            np.testing.assert_allclose(got.log_probs, expected.log_probs, rtol=1e-6, atol=1e-6)
-            np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6, atol=1e-6)
+            assert_results_close(results[compact, logits], results[0.0, logits], 1e-6)
         # finished rows left the loop: fewer rows decoded, the more so the sooner
         assert counts[1.0, logits] < counts[0.5, logits] < counts[0.0, logits]
 

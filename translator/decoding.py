@@ -116,14 +116,11 @@ def _prepare_lengths(max_lengths: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]
     return max_lengths, tf.shape(max_lengths)[0], max_steps
 
 
-_BLOCK = TOP_K_BLOCK  # values per block of `_top_k`'s first pass
-
-
 def _top_k(values: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
     """`tf.math.top_k(values, k)` for `values` `[batch, n]`, n >= k, in two passes.
 
     TensorFlow's CPU top-k over a beam search's candidates (`[batch, beam * vocab]`) took about
-    a quarter of a beam step. Here each row is cut into blocks of `_BLOCK` values, the k blocks
+    a quarter of a beam step. Here each row is cut into blocks of `TOP_K_BLOCK` values, the k blocks
     with the largest maxima are found (ties: the lower block), and the top k is taken among
     their values only, kept in index order. The result is exactly `tf.math.top_k`'s, ties
     (lower index first) included: a value outside the chosen blocks has k values from k other
@@ -133,15 +130,15 @@ def _top_k(values: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         `(top values [batch, k], their indices [batch, k] int32)`, best first.
     """
     batch, n = tf.shape(values)[0], tf.shape(values)[1]
-    padded = tf.pad(values, [[0, 0], [0, (-n) % _BLOCK]], constant_values=_NEG_INF)
-    blocks = tf.reshape(padded, [batch, -1, _BLOCK])  # padding ranks last: highest indices
+    padded = tf.pad(values, [[0, 0], [0, (-n) % TOP_K_BLOCK]], constant_values=_NEG_INF)
+    blocks = tf.reshape(padded, [batch, -1, TOP_K_BLOCK])  # padding ranks last: highest indices
     count = tf.minimum(k, tf.shape(blocks)[1])
     _, chosen = tf.math.top_k(tf.reduce_max(blocks, -1), count)
     chosen = tf.sort(chosen, axis=-1)  # index order, so top_k's ties still go to the lowest
     candidates = tf.reshape(tf.gather(blocks, chosen, batch_dims=1), [batch, -1])
     top, position = tf.math.top_k(candidates, k)
-    block = tf.gather(chosen, position // _BLOCK, batch_dims=1)
-    return top, block * _BLOCK + position % _BLOCK
+    block = tf.gather(chosen, position // TOP_K_BLOCK, batch_dims=1)
+    return top, block * TOP_K_BLOCK + position % TOP_K_BLOCK
 
 
 def _trim(tokens: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:

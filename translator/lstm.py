@@ -180,7 +180,8 @@ def _forward(xz, h0, c0, recurrent, keep, steps, gates=True, cells=False):
         if keep is not None:
             keep_t = keep[t]  # [batch, 1]
             h_new, c_new = tf.where(keep_t, h_new, h), tf.where(keep_t, c_new, c)
-        values = (i, f, g, o, tanh_c, c_new, h_new) if gates else (c_new, h_new)[-len(names) :]
+        step_values = {"i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c, "c": c_new, "h": h_new}
+        values = tuple(step_values[name] for name in names)
         return (
             t + 1,
             h_new,

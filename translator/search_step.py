@@ -71,11 +71,12 @@ def _weights(decoder: Decoder) -> dict:
         kernel, bias = cast_t(decoder.output_dense.kernel), decoder.output_dense.bias
     # Padding tokens up to a multiple of TOP_K_BLOCK (zero weights, bias -inf: probability 0,
     # never chosen) spare beam search's top-k a copy of the logits to pad them (RESULTS.md).
-    pad = (-kernel.shape[0]) % TOP_K_BLOCK
+    vocab, width = kernel.shape
+    pad = (-vocab) % TOP_K_BLOCK
     if pad:
-        kernel = ops.concatenate([kernel, ops.zeros((pad, kernel.shape[1]), kernel.dtype)], 0)
-        bias = ops.zeros((kernel.shape[0] - pad,), "float32") if bias is None else bias
-        bias = ops.concatenate([ops.cast(bias, "float32"), ops.full((pad,), float("-inf"))], 0)
+        bias = ops.zeros((vocab,), "float32") if bias is None else ops.cast(bias, "float32")
+        kernel = ops.concatenate([kernel, ops.zeros((pad, width), kernel.dtype)], 0)
+        bias = ops.concatenate([bias, ops.full((pad,), float("-inf"))], 0)
     w["output"] = (kernel, bias)
     return w
 
