@@ -299,6 +299,52 @@ def test_compacting_greedy_decodes_the_same_on_fewer_rows(seed):
         assert counts[1.0, logits] < counts[0.5, logits] < counts[0.0, logits]
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compacting_beam_search_decodes_the_same_on_fewer_rows(seed):
+    model = HashModel(seed)
+    row_steps = tf.Variable(0)
+
+    def salted(tokens, state):  # reads a per-sentence salt from the fixed part of its state
+        row_steps.assign_add(tf.shape(tokens)[0])
+        carry, fixed = state
+        log_probs, new = model(tokens, {**carry, "h": (carry["h"] + fixed) % model.buckets})
+        return log_probs, (new, fixed)
+
+    def reordered(tokens, state):  # the same with the salt in the state the beams reorder
+        carry = dict(state)
+        salt = carry.pop("salt")
+        log_probs, (new, _) = salted(tokens, (carry, salt))
+        return log_probs, {**new, "salt": salt}
+
+    h, max_lengths = random_batch(seed, batch=16)
+    salt = tf.range(16) * 13
+    for k, n_best, alpha in [(2, 2, 0.6), (4, 3, 1.0)]:
+        row_steps.assign(0)
+        state = {**model.initial_state(h), "salt": salt}
+        expected = beam_search(reordered, state, max_lengths, k, alpha, n_best)
+        counts = [int(row_steps.numpy())]
+        for compact in (0.0, 0.5, 1.0):
+            row_steps.assign(0)
+            search = tf.function(
+                lambda h, compact=compact, k=k, n_best=n_best, alpha=alpha: beam_search(
+                    salted,
+                    (model.initial_state(h), salt),
+                    max_lengths,
+                    k,
+                    alpha,
+                    n_best,
+                    fixed=True,
+                    compact=compact,
+                )
+            )
+            # a kernel's rounding of a row may depend on how many rows it is given
+            assert_results_close(search(h), expected, 1e-6)
+            counts.append(int(row_steps.numpy()))
+        # the fixed part unreordered decodes the same; finished sentences left the loop
+        assert counts[1] == counts[0]
+        assert counts[3] < counts[2] < counts[1]
+
+
 def test_batch_invariance():
     model = HashModel(seed=7)
     h, max_lengths = random_batch(seed=7, batch=4)

@@ -90,6 +90,31 @@ def test_greedy_dropping_finished_rows_decodes_the_same(variant, policy):
     assert whole.lengths.numpy().max() > 1  # the test decodes something
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_beam_dropping_finished_sentences_decodes_the_same(variant, policy):
+    m = model(variant, policy)
+    source = tf.concat([SOURCE, SOURCE[::-1], SOURCE[1:]], 0)  # 8 sentences
+    max_lengths = tf.constant([9, 5, 7, 2, 8, 1, 6, 3])
+
+    @tf.function
+    def both(source):
+        state = m.encode(source)
+        step, loop_state = m.search_step(state, 3, logits=True)
+        whole = beam_search(step, loop_state, max_lengths, 3, 0.6, 2, logits=True)
+        step, loop_state = m.search_step(state, 3, logits=True, fixed_in_state=True)
+        dropping = beam_search(
+            step, loop_state, max_lengths, 3, 0.6, 2, logits=True, fixed=True, compact=0.9
+        )
+        return whole, dropping
+
+    whole, dropping = both(source)
+    np.testing.assert_array_equal(dropping.tokens, whole.tokens)
+    np.testing.assert_array_equal(dropping.lengths, whole.lengths)
+    np.testing.assert_allclose(dropping.log_probs, whole.log_probs, rtol=1e-6)
+    assert whole.lengths.numpy().max() > 1  # the test decodes something
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_bfloat16_step_matches_decode_step_within_bfloat16_rounding(variant):
     m = model(variant, "mixed_bfloat16")

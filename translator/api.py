@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from translator.config import Config, load_config
-from translator.constants import FLOAT32_BELOW_ROWS, GREEDY_COMPACT
+from translator.constants import BEAM_COMPACT, FLOAT32_BELOW_ROWS, GREEDY_COMPACT
 from translator.decoding import DecodeResult, beam_search, greedy_search
 from translator.ensemble import Ensemble, Member, check_members
 from translator.errors import EnsembleError, ModelDirError
@@ -59,16 +59,17 @@ def build_translate_function(
     max_length: int = 256,
     max_source_length: int = 256,
     float32_below: int = 0,
-    compact: float = GREEDY_COMPACT,
+    compact: float | None = None,
 ) -> tf.types.experimental.GenericFunction:
     """A `tf.function` from a [batch] string tensor to translations, entirely in-graph.
 
     A bfloat16 `model` with `float32_below` > 0 encodes and decodes a batch of fewer than that
     many rows (sentences x beam size) in float32 instead, exactly as the float32 model would
     (`precision.computing_in_float32`; both paths are in the graph, chosen per call).
-    In bfloat16 the searches work from logits (`logits=True`), and greedy search drops finished
-    rows from its loop once at most `compact` of them still decode (`decoding.greedy_search`;
-    0: never); float32 decodes as before, bitwise.
+    In bfloat16 the searches work from logits (`logits=True`) and drop finished sentences
+    from their loop once at most `compact` of them are still searched (`decoding`'s
+    `greedy_search` and `beam_search`; 0: never; None: `GREEDY_COMPACT` and `BEAM_COMPACT`);
+    float32 decodes as before, bitwise.
 
     Returns a function whose output is a dict:
         translations [batch, n_best] string, scores / log_probs [batch, n_best] float32,
@@ -93,20 +94,22 @@ def build_translate_function(
 
         def search() -> DecodeResult:
             state = model.encode(source, training=False)
-            # bfloat16 searches work from logits and greedy drops finished rows; float32 keeps
+            # bfloat16 searches work from logits and drop finished sentences; float32 keeps
             # the log-softmax and every row, so that its translations stay bitwise as before
             lean = isinstance(model, Seq2Seq) and _bfloat16(model)
-            options = {"logits": True} if lean else {}
+            options = {}
+            if lean:
+                default = GREEDY_COMPACT if beam_size == 1 else BEAM_COMPACT
+                options = {"logits": True, "compact": default if compact is None else compact}
+                step, state = model.search_step(state, beam_size, logits=True, fixed_in_state=True)
+            else:
+                step, state = model.search_step(state, beam_size)
             if beam_size == 1:
-                if lean:
-                    options.update(compact=compact)
-                    step, state = model.search_step(state, 1, logits=True, fixed_in_state=True)
-                else:
-                    step, state = model.search_step(state, 1)
                 return greedy_search(
                     step, state, max_lengths, length_penalty=length_penalty, **options
                 )
-            step, state = model.search_step(state, beam_size, **options)
+            if lean:
+                options.update(fixed=True)  # the fixed state is the loop state's second part
             return beam_search(
                 step, state, max_lengths, beam_size, length_penalty, n_best, **options
             )

@@ -47,6 +47,10 @@ FLOAT32_BELOW_ROWS = 6
 # 0.25-0.5 decoded 1.08-1.18x faster than never at 64 and 128 sentences per call, within noise
 # of each other, with identical translations (benchmarks/RESULTS.md).
 GREEDY_COMPACT = 0.5
+# the same for bfloat16 beam search, counted in sentences (`decoding.beam_search`'s `compact`):
+# beam 5 on the 1,000 test sentences 1.34x faster than never (AMX CPU, 128 sentences per call),
+# the same translations (benchmarks/RESULTS.md)
+BEAM_COMPACT = 0.5
 # values per block of `decoding._top_k`'s first pass (fastest of 16 to 128, RESULTS.md); the
 # bfloat16 search step pads its vocabulary to a multiple of it, so no pass copies the logits
 TOP_K_BLOCK = 64

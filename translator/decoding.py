@@ -65,6 +65,12 @@ class _BeamState(NamedTuple):
     model_state: Any  # tf.nest of [batch * beam, ...]
     finished: _Finished
     done: tf.Tensor  # [batch] bool, the sentence's search is over
+    # with compact, the loop's sentences are some of the batch's (`rows`), and the finished
+    # hypotheses of those that left are kept for the whole batch (`kept`)
+    rows: Any = ()  # [batch] int32, each loop sentence's sentence of the batch
+    max_lengths: Any = ()  # [batch] int32
+    max_penalty: Any = ()  # [batch] float32
+    kept: Any = ()  # a _Finished of [whole batch, ...]
 
 
 class _GreedyState(NamedTuple):
@@ -279,6 +285,8 @@ def beam_search(
     bos_id: int = 2,
     eos_id: int = 3,
     logits: bool = False,
+    fixed: bool = False,
+    compact: float = 0.0,
 ) -> DecodeResult:
     """Beam search with finished hypotheses kept aside and the GNMT length penalty.
 
@@ -304,6 +312,16 @@ def beam_search(
             only their log-probabilities computed, `log(softmax)`: no log-softmax and no sum
             over the whole `[batch, beam * vocab]` (RESULTS.md). The same candidates up to
             ties within float rounding, their log-probabilities within it.
+        fixed: `initial_state` is a pair `(state, fixed)`: `fixed` (e.g. the encoder's
+            memory) is read by `step_fn` and returned unchanged. Its rows are tiled like the
+            state's but never reordered between steps (a sentence's beams hold the same), so
+            it can ride in the loop state at no cost per step (for `compact`).
+        compact: when at most this fraction of the loop's sentences are still searched, the
+            finished ones leave the loop (every tensor of the state, `fixed` too, is gathered
+            down to the others), so later steps run on fewer rows; 0: never. `step_fn` must
+            then read nothing per row that is not in its state. The same hypotheses; scores
+            within float rounding (a kernel's rounding of a row can depend on how many rows
+            it is given).
 
     Returns:
         A DecodeResult sorted by score; a sentence with fewer than n_best hypotheses found has
@@ -347,6 +365,10 @@ def beam_search(
 
     def body(s: _BeamState) -> tuple[_BeamState]:
         scores, model_state = step_fn(tf.reshape(s.last_tokens, [-1]), s.model_state)
+        batch = tf.shape(s.done)[0]  # the loop's sentences
+        limits, best_penalty = (
+            (s.max_lengths, s.max_penalty) if compact else (max_lengths, max_penalty)
+        )
         if logits:
             vocab = scores.shape[-1]
             m = 2 * k if vocab is None else min(2 * k, vocab)  # tokens kept per row
@@ -374,12 +396,12 @@ def beam_search(
         live_tokens = tf.gather(top_tokens, keep, batch_dims=1)
         live_log_probs = tf.gather(top_log_probs, keep, batch_dims=1)
         rows = tf.gather(parent, keep, batch_dims=1) + tf.range(batch)[:, None] * k
-        model_state = tf.nest.map_structure(
-            lambda t: tf.gather(t, tf.reshape(rows, [-1])), model_state
-        )
+        reordered = model_state[0] if fixed else model_state
+        reordered = tf.nest.map_structure(lambda t: tf.gather(t, tf.reshape(rows, [-1])), reordered)
+        model_state = (reordered, s.model_state[1]) if fixed else reordered
 
         active = ~s.done  # finished sentences are frozen
-        last = active & (s.step + 1 >= max_lengths)  # [batch]
+        last = active & (s.step + 1 >= limits)  # [batch]
         finishing_eos = is_eos & (rank < k) & active[:, None]
         finished = merge(
             s.finished,
@@ -391,7 +413,7 @@ def beam_search(
         )
         found = tf.reduce_sum(tf.cast(finished.scores > _NEG_INF, tf.int32), axis=1)
         # Exact: no descendant of a live hypothesis can enter the n_best returned.
-        hopeless = live_log_probs[:, 0] / max_penalty <= finished.scores[:, n_best - 1]
+        hopeless = live_log_probs[:, 0] / best_penalty <= finished.scores[:, n_best - 1]
         # fairseq stops at k finished; we also require the best live hypothesis to score no
         # better than all k right now, so finished-but-poor EOS candidates cannot cut off a
         # much better live one (with k = 1 this still stops exactly where greedy stops). The
@@ -400,7 +422,7 @@ def beam_search(
         current = live_log_probs[:, 0] / _length_penalty(s.step + 1, alpha)
         settled = (found >= k) & (current <= finished.scores[:, k - 1])
         done = s.done | last | (active & (settled | hopeless))
-        new = _BeamState(
+        new = s._replace(
             step=s.step + 1,
             live_tokens=live_tokens,
             last_tokens=tf.gather(token, keep, batch_dims=1),
@@ -409,7 +431,14 @@ def beam_search(
             finished=finished,
             done=done,
         )
-        return (new,)
+        if not compact:
+            return (new,)
+        sentences = tf.cast(batch, tf.float32)
+        searched = tf.reduce_sum(tf.cast(~done, tf.int32))
+        shrink = (searched > 0) & (
+            tf.cast(searched, tf.float32) <= tf.minimum(compact * sentences, sentences - 1)
+        )
+        return (tf.cond(shrink, lambda: _drop_finished_sentences(new, k), lambda: new),)
 
     # Only beam 0 is alive at first: the k copies are identical and must not be expanded twice.
     live_log_probs = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1])
@@ -433,19 +462,44 @@ def beam_search(
         ),
         done=no_steps,
     )
+    if compact:
+        init = init._replace(
+            rows=tf.range(batch), max_lengths=max_lengths, max_penalty=max_penalty, kept=empty
+        )
     (final,) = tf.while_loop(
         lambda s: (s.step < max_steps) & ~tf.reduce_all(s.done),
         body,
         (init,),
         shape_invariants=(_loop_shapes(init),),
     )
-    best = tf.nest.map_structure(lambda t: t[:, :n_best], final.finished)
+    finished = _keep_finished(final) if compact else final.finished
+    best = tf.nest.map_structure(lambda t: t[:, :n_best], finished)
     return DecodeResult(
         tokens=_trim(best.tokens, best.lengths),
         lengths=best.lengths,
         log_probs=best.log_probs,
         scores=best.scores,
     )
+
+
+def _keep_finished(s: _BeamState) -> _Finished:
+    """The whole batch's finished hypotheses: `s.kept` updated with the loop's sentences."""
+    return tf.nest.map_structure(
+        lambda whole, part: tf.tensor_scatter_nd_update(whole, s.rows[:, None], part),
+        s.kept,
+        s.finished,
+    )
+
+
+def _drop_finished_sentences(s: _BeamState, k: int) -> _BeamState:
+    """`s` with only the sentences still searched, their finished hypotheses kept aside."""
+    kept = _keep_finished(s)
+    live = tf.where(~s.done)[:, 0]  # [sentences]
+    live_rows = tf.reshape(live[:, None] * k + tf.range(k, dtype=live.dtype)[None, :], [-1])
+    per_sentence = s._replace(step=(), model_state=(), kept=())
+    gathered = tf.nest.map_structure(lambda t: tf.gather(t, live), per_sentence)
+    model_state = tf.nest.map_structure(lambda t: tf.gather(t, live_rows), s.model_state)
+    return gathered._replace(step=s.step, model_state=model_state, kept=kept)
 
 
 def mean_step(step_fns: Sequence[StepFn]) -> StepFn:

@@ -167,8 +167,9 @@ class Seq2Seq(keras.Model):
             beam_size: rows per sentence of the search that will run the step.
             logits: the step returns the float32 logits, not normalized (for
                 `greedy_search(logits=True)`).
-            fixed_in_state: every per-row tensor in the loop state, the encoder memory too (for
-                `greedy_search(compact=...)`, which drops finished rows).
+            fixed_in_state: every per-row tensor in the loop state, the encoder memory too: the
+                state is a pair `(carried, fixed)` (for the searches' `compact`, which drops
+                finished rows; `beam_search(fixed=True)`).
 
         Returns:
             `(step, loop_state)`: `step(tokens [N], loop_state) -> (log_probs [N, vocab]

@@ -152,38 +152,40 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1, fixed_in_stat
         state: `Seq2Seq.encode`'s output `[batch, ...]`.
         beam_size: rows per sentence the search will run (the state is given per sentence;
             `beam_search` repeats the returned state, the fixed part is repeated here).
-        fixed_in_state: carry the fixed encoder-side state in the loop state too (passed
-            through unchanged), so that every per-row tensor is in it: a search can then drop
-            rows (`greedy_search`'s `compact`).
+        fixed_in_state: carry the fixed encoder-side state in the loop state too, which is
+            then a pair `(carried, fixed)` whose second part the step passes through unchanged
+            (given per sentence, not repeated here): every per-row tensor is in the loop state,
+            so a search can drop rows (`greedy_search`'s and `beam_search`'s `compact`; beam
+            search with `fixed=True`).
 
     Returns:
         `(step, loop_state)`: `step(tokens [N], loop_state) -> (logits [N, vocab] float32,
         loop_state)` (in bfloat16, `vocab` padded to a multiple of `TOP_K_BLOCK` with logits
         -inf, tokens of probability 0) and the initial loop state `[batch, ...]` (`h{i}`,
         `c{i}` per layer and, with attention, `feed`; `c{i}` float32 in bfloat16; with
-        `fixed_in_state`, the fixed state too).
+        `fixed_in_state`, the pair of it and the fixed state).
     """
     fixed = {k: state[k] for k in FIXED if k in state}
-    if beam_size > 1:
+    if beam_size > 1 and not fixed_in_state:
         fixed = {k: tf.repeat(v, beam_size, axis=0) for k, v in fixed.items()}
     carried = {k: v for k, v in state.items() if k not in FIXED and k not in UNUSED}
     if decoder.compute_dtype == "float32":  # no casts to save: the layers' own operations
 
-        def float32_step(tokens, carry: dict):
-            logits, new = decoder.step(tokens, {**fixed, **carry})
-            return logits, {k: new[k] for k in carry}
+        def float32_step(tokens, carry):
+            carry, fixed_now = carry if fixed_in_state else (carry, fixed)
+            logits, new = decoder.step(tokens, {**fixed_now, **carry})
+            new = {k: new[k] for k in carry}
+            return logits, (new, fixed_now) if fixed_in_state else new
 
-        return float32_step, {**carried, **fixed} if fixed_in_state else carried
+        return float32_step, (carried, fixed) if fixed_in_state else carried
     # the cell state stays float32 through the loop
     carried = {k: ops.cast(v, "float32") if k[0] == "c" else v for k, v in carried.items()}
-    if fixed_in_state:
-        carried.update(fixed)
     w = getattr(decoder, STORED, (None,))[0] or _weights(decoder)
     embeddings = decoder.embedding.embeddings
     attention = decoder.attention != "none"
 
-    def step(tokens, carry: dict):  # name scopes: for profiles (benchmarks/decode_step.py)
-        fixed_now = {k: carry[k] for k in fixed} if fixed_in_state else fixed
+    def step(tokens, carry):  # name scopes: for profiles (benchmarks/decode_step.py)
+        carry, fixed_now = carry if fixed_in_state else (carry, fixed)
         with tf.name_scope("embedding"):
             x = ops.cast(ops.take(embeddings, tokens, axis=0), decoder.compute_dtype)  # [N, emb]
         new = {}
@@ -204,9 +206,7 @@ def search_step(decoder: Decoder, state: dict, beam_size: int = 1, fixed_in_stat
             with tf.name_scope("combine"):
                 both = ops.concatenate([context, x], -1)  # [N, memory + units]
                 x = new["feed"] = ops.tanh(_matmul(both, w["combine"], weight_first=False))
-        if fixed_in_state:
-            new.update(fixed_now)
         with tf.name_scope("output"):
-            return _project(x, w), new
+            return _project(x, w), (new, fixed_now) if fixed_in_state else new
 
-    return step, carried
+    return step, (carried, fixed) if fixed_in_state else carried
