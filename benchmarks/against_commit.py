@@ -38,8 +38,11 @@ def worker(args: argparse.Namespace) -> None:
     """One contestant, one round: prints its figures and translations as JSON on stdout."""
     from translator import api  # noqa: PLC0415  (the package on the PYTHONPATH main chose)
 
-    kwargs = {} if args.precision == "default" else {"precision": args.precision}
+    precision, _, search = args.precision.partition("+")
+    kwargs = {} if precision == "default" else {"precision": precision}
     translator = api.Translator.from_model_dir(args.model_dir, **kwargs)
+    if search:  # "lean" or "full": this checkout's `Translator.lean`, set before any call
+        translator.lean = search == "lean"
     sources = read_sources(args.source)
     translator.translate(sources[:64], beam_size=args.beam)  # trace the shapes once
     translator.translate(sources[:1], beam_size=args.beam)
@@ -85,7 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--commit", help="the older commit (git rev) to run against")
     parser.add_argument("--model-dir", required=True, help="a trained model directory")
     parser.add_argument("--source", required=True, help="source sentences, one per line (.gz)")
-    parser.add_argument("--precisions", default="float32,bfloat16", help="of this checkout")
+    parser.add_argument(
+        "--precisions",
+        default="float32,bfloat16",
+        help="of this checkout; a precision with +lean or +full also sets `Translator.lean` "
+        "(searches from logits without finished sentences, or the full search), e.g. "
+        "float32+lean",
+    )
     parser.add_argument(
         "--old-precisions",
         help="precisions to load the old commit in (`from_model_dir(precision=)`); default: "

@@ -159,3 +159,31 @@ def test_bfloat16_translates_small_batches_exactly_as_float32(translator, traine
     never = Translator.from_model_dir(trained_dir, precision="bfloat16")
     never.float32_below = 0
     assert scores(never, batch, batch_size=1) != want
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_lean_float32_search_translates_as_the_full_one(
+    trained_dir, sources, beam_size, monkeypatch
+):
+    """`lean` (searches from logits, finished sentences dropped) is wired through in float32
+    and changes no translation there; its scores agree within float rounding."""
+    import translator.api as api_module
+
+    seen = []
+    for name in ("greedy_search", "beam_search"):
+        original = getattr(api_module, name)
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append(kwargs.get("logits", False))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(api_module, name, spy)
+    results = {}
+    for lean in (False, True):
+        t = Translator.from_model_dir(trained_dir, precision="float32")
+        t.lean = lean
+        results[lean] = t.translate(sources, beam_size=beam_size, return_scores=True, batch_size=16)
+    assert seen == [False, True]  # one trace each: the full search, then the lean one
+    for full, lean in zip(results[False], results[True], strict=True):
+        assert [h.text for h in lean] == [h.text for h in full]
+        assert lean[0].score == pytest.approx(full[0].score, abs=1e-4)

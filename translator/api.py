@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from translator.config import Config, load_config
-from translator.constants import BEAM_COMPACT, FLOAT32_BELOW_ROWS, GREEDY_COMPACT
+from translator.constants import BEAM_COMPACT, FLOAT32_BELOW_ROWS, FLOAT32_LEAN, GREEDY_COMPACT
 from translator.decoding import DecodeResult, beam_search, greedy_search
 from translator.ensemble import Ensemble, Member, check_members
 from translator.errors import EnsembleError, ModelDirError
@@ -60,16 +60,18 @@ def build_translate_function(
     max_source_length: int = 256,
     float32_below: int = 0,
     compact: float | None = None,
+    lean: bool | None = None,
 ) -> tf.types.experimental.GenericFunction:
     """A `tf.function` from a [batch] string tensor to translations, entirely in-graph.
 
     A bfloat16 `model` with `float32_below` > 0 encodes and decodes a batch of fewer than that
     many rows (sentences x beam size) in float32 instead, exactly as the float32 model would
     (`precision.computing_in_float32`; both paths are in the graph, chosen per call).
-    In bfloat16 the searches work from logits (`logits=True`) and drop finished sentences
-    from their loop once at most `compact` of them are still searched (`decoding`'s
-    `greedy_search` and `beam_search`; 0: never; None: `GREEDY_COMPACT` and `BEAM_COMPACT`);
-    float32 decodes as before, bitwise.
+    A `lean` search (None: always in bfloat16, `FLOAT32_LEAN` in float32; never for an
+    ensemble) works from logits (`logits=True`) and drops finished sentences from its loop once
+    at most `compact` of them are still searched (`decoding`'s `greedy_search` and
+    `beam_search`; 0: never; None: `GREEDY_COMPACT` and `BEAM_COMPACT`); otherwise the search
+    keeps the log-softmax and every row, as before this option (bitwise in float32).
 
     Returns a function whose output is a dict:
         translations [batch, n_best] string, scores / log_probs [batch, n_best] float32,
@@ -94,11 +96,8 @@ def build_translate_function(
 
         def search() -> DecodeResult:
             state = model.encode(source, training=False)
-            # bfloat16 searches work from logits and drop finished sentences; float32 keeps
-            # the log-softmax and every row, so that its translations stay bitwise as before
-            lean = isinstance(model, Seq2Seq) and _bfloat16(model)
             options = {}
-            if lean:
+            if _lean(model, lean):
                 default = GREEDY_COMPACT if beam_size == 1 else BEAM_COMPACT
                 options = {"logits": True, "compact": default if compact is None else compact}
                 step, state = model.search_step(state, beam_size, logits=True, fixed_in_state=True)
@@ -108,7 +107,7 @@ def build_translate_function(
                 return greedy_search(
                     step, state, max_lengths, length_penalty=length_penalty, **options
                 )
-            if lean:
+            if "logits" in options:
                 options.update(fixed=True)  # the fixed state is the loop state's second part
             return beam_search(
                 step, state, max_lengths, beam_size, length_penalty, n_best, **options
@@ -147,6 +146,8 @@ class Translator(BaseTranslator):
 
     In bfloat16, a batch of fewer than `float32_below` rows (sentences x beam size; default
     `FLOAT32_BELOW_ROWS`, 0: never) is translated in float32, where bfloat16 does not pay.
+    `lean`: whether the searches work from logits and drop finished sentences (None: the
+    default of `build_translate_function`).
 
     Example:
         >>> t = Translator.load("runs/multi30k_de_en")
@@ -163,6 +164,7 @@ class Translator(BaseTranslator):
         config: Config,
         model_dirs: Sequence[Path] = (),
         float32_below: int = FLOAT32_BELOW_ROWS,
+        lean: bool | None = None,
     ):
         super().__init__(config)
         self.model = model
@@ -170,6 +172,8 @@ class Translator(BaseTranslator):
         self.model_dirs = tuple(model_dirs)  # where the model (each member) was loaded from
         # bfloat16 only: batches of fewer rows decode in float32 (`build_translate_function`)
         self.float32_below = float32_below
+        # searches from logits without finished sentences (`build_translate_function`'s `lean`)
+        self.lean = lean
         self._functions: dict[DecodeOptions, tf.types.experimental.GenericFunction] = {}
 
     @property
@@ -289,6 +293,7 @@ class Translator(BaseTranslator):
                 max_length=decode.max_length,
                 max_source_length=decode.max_source_length,
                 float32_below=self.float32_below,
+                lean=self.lean,
             )
         return self._functions[key]
 
@@ -303,6 +308,17 @@ class Translator(BaseTranslator):
             self.tokenizers = Tokenizers(self.tokenizers.source_model, self.tokenizers.target_model)
             self._functions.clear()
             return super()._run(options, batch)
+
+
+def _lean(model: Seq2Seq | Ensemble, lean: bool | None) -> bool:
+    """Whether `build_translate_function`'s search for `model` is lean (from logits, finished
+    sentences dropped): `lean` where given, else always in bfloat16 and `FLOAT32_LEAN` in
+    float32 (a bfloat16 model's float32 path for small batches included)."""
+    if not isinstance(model, Seq2Seq):
+        return False
+    if lean is not None:
+        return lean
+    return True if _bfloat16(model) else FLOAT32_LEAN
 
 
 def _bfloat16(model: Seq2Seq | Ensemble) -> bool:

@@ -51,6 +51,9 @@ GREEDY_COMPACT = 0.5
 # beam 5 on the 1,000 test sentences 1.34x faster than never (AMX CPU, 128 sentences per call),
 # the same translations (benchmarks/RESULTS.md)
 BEAM_COMPACT = 0.5
+# float32 searches lean too (from logits, finished sentences dropped, as bfloat16 always does:
+# `api.build_translate_function`'s `lean`)? False: float32 keeps the log-softmax and every row.
+FLOAT32_LEAN = False
 # values per block of `decoding._top_k`'s first pass (fastest of 16 to 128, RESULTS.md); the
 # bfloat16 search step pads its vocabulary to a multiple of it, so no pass copies the logits
 TOP_K_BLOCK = 64
