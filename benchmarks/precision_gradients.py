@@ -30,8 +30,7 @@ import tensorflow as tf  # noqa: E402
 from translator.config import load_config  # noqa: E402
 from translator.model import build_model  # noqa: E402
 from translator.model_dir import CONFIG_FILE, find_checkpoint  # noqa: E402
-from translator.pipeline import encode_corpus, make_dataset  # noqa: E402
-from translator.tokenizer import Tokenizers  # noqa: E402
+from translator.pipeline import make_dataset  # noqa: E402
 from translator.training.losses import replica_loss  # noqa: E402
 
 
@@ -60,9 +59,7 @@ def main() -> None:
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args()
     config = load_config(os.path.join(args.model_dir, CONFIG_FILE))
-    tokenizers = Tokenizers.load(args.model_dir)
-    corpus = common.read_split(args, config, args.split)
-    encoded = encode_corpus(tokenizers, corpus.sources, corpus.targets, config.data.max_length)
+    tokenizers, encoded = common.encoded_split(args, config, args.split)  # --model-dir's models
     train = config.train
     batches = make_dataset(
         encoded, train.batch_size, train.batch_tokens, train.bucket_width,
