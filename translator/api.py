@@ -97,7 +97,8 @@ def build_translate_function(
         def search() -> DecodeResult:
             state = model.encode(source, training=False)
             options = {}
-            if _lean(model, lean):
+            lean_search = _lean(model, lean)
+            if lean_search:
                 default = GREEDY_COMPACT if beam_size == 1 else BEAM_COMPACT
                 options = {"logits": True, "compact": default if compact is None else compact}
                 step, state = model.search_step(state, beam_size, logits=True, fixed_in_state=True)
@@ -107,7 +108,7 @@ def build_translate_function(
                 return greedy_search(
                     step, state, max_lengths, length_penalty=length_penalty, **options
                 )
-            if "logits" in options:
+            if lean_search:
                 options.update(fixed=True)  # the fixed state is the loop state's second part
             return beam_search(
                 step, state, max_lengths, beam_size, length_penalty, n_best, **options
@@ -318,7 +319,7 @@ def _lean(model: Seq2Seq | Ensemble, lean: bool | None) -> bool:
         return False
     if lean is not None:
         return lean
-    return True if _bfloat16(model) else FLOAT32_LEAN
+    return _bfloat16(model) or FLOAT32_LEAN
 
 
 def _bfloat16(model: Seq2Seq | Ensemble) -> bool:
