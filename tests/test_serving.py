@@ -34,12 +34,13 @@ SETTINGS = ServeSettings(
 
 
 @contextlib.contextmanager
-def running(app):
-    """Runs `app` with uvicorn in a thread on a free loopback port; yields an httpx client."""
+def running(app, **config):
+    """Runs `app` with uvicorn (more `uvicorn.Config` arguments in `config`) in a thread on a
+    free loopback port; yields an httpx client."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     # log_config=None: uvicorn would otherwise reconfigure logging and break pytest's caplog.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -382,6 +383,38 @@ def test_cli_serve_in_a_subprocess(export_base):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_unknown_or_missing_http_stack_is_a_one_line_cli_error(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from translator.cli import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else find_spec(name)
+    )
+    for flags, message in (
+        (["--http", "fast"], "--http must be one of auto, h11, httptools, got 'fast'"),
+        (["--loop", "uvloop"], "--loop uvloop: uvloop is not installed"),
+    ):
+        # checked before the directory (which holds no model) or the port is touched
+        assert main(["serve", str(tmp_path), "--port", "1", *flags]) == 2
+        _, err = capsys.readouterr()
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_both_http_parsers_serve_and_reject_alike(export_base, http, sentences):
+    # The `serve` extra installs httptools (uvicorn's "auto" then picks it); h11 stays a choice.
+    app = create_app(export_base, SETTINGS)
+    with running(app, http=http, loop="asyncio") as client:
+        r = client.post("/v1/translate", json={"text": sentences[:2]})
+        assert r.status_code == 200 and len(r.json()["translations"]) == 2
+        r = client.post("/v1/translate", content=b'{"text": [', headers={"content-type": "x"})
+        assert r.status_code == 400 and "error" in r.json()
+        big = client.post("/v1/translate", content=b"x" * (SETTINGS.max_body_bytes + 1))
+        assert big.status_code == 413
 
 
 def test_missing_or_empty_directory_is_a_one_line_cli_error(tmp_path, capsys):

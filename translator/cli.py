@@ -194,6 +194,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         access_log=args.access_log,
+        http=args.http,
+        loop=args.loop,
         model_name=args.name,
         **{k: getattr(args, k) for k in _SERVE_SETTINGS if getattr(args, k) is not None},
     )
@@ -351,6 +353,16 @@ def _add_serve(sub) -> None:
     p.add_argument("--poll-seconds", type=float, help="new-version check period (default 2)")
     p.add_argument("--keep-versions", type=int, help="newest versions kept loaded (default 1)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--http",
+        default="auto",
+        help="HTTP parser: auto (httptools where installed, else h11), h11 or httptools",
+    )
+    p.add_argument(
+        "--loop",
+        default="auto",
+        help="event loop: auto (uvloop where installed, else asyncio), asyncio or uvloop",
+    )
     p.set_defaults(func=cmd_serve)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import signal
 import socket
@@ -19,6 +20,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8501
 DRAIN_SECONDS = 30.0  # how long requests in flight may take to finish after SIGTERM/SIGINT
+# uvicorn's HTTP parser and event loop; "auto": httptools and uvloop where installed (the
+# `serve` extra installs both: less CPU per request, RESULTS.md), else h11 and asyncio.
+HTTP_PARSERS = ("auto", "h11", "httptools")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 
 def serve(
@@ -27,6 +32,8 @@ def serve(
     port: int = DEFAULT_PORT,
     access_log: bool = False,
     drain_seconds: float = DRAIN_SECONDS,
+    http: str = "auto",
+    loop: str = "auto",
     **settings: Any,
 ) -> int:
     """Serves an export base directory until SIGTERM or SIGINT (see `translator.serving`).
@@ -42,14 +49,19 @@ def serve(
         port: TCP port (0: any free port).
         access_log: log one line per request.
         drain_seconds: how long requests in flight may take to finish after a stop signal.
+        http: uvicorn's HTTP parser (`HTTP_PARSERS`).
+        loop: uvicorn's event loop (`EVENT_LOOPS`).
         **settings: `ServeSettings` fields.
 
     Raises:
-        ConfigError: the address cannot be bound (port taken, unknown host).
+        ConfigError: the address cannot be bound (port taken, unknown host), or `http`/`loop`
+            names an unknown or uninstalled implementation.
         ModelDirError: the directory holds no loadable version.
     """
     import uvicorn  # noqa: PLC0415
 
+    _check_choice("http", http, HTTP_PARSERS, "httptools")
+    _check_choice("loop", loop, EVENT_LOOPS, "uvloop")
     sock = _bind(host, port)
     try:
         app = create_app(directory, ServeSettings(**settings))
@@ -61,6 +73,8 @@ def serve(
             # dictConfig, which would also close every handler already installed.
             log_config=None,
             timeout_graceful_shutdown=drain_seconds,
+            http=http,
+            loop=loop,
         )
         server = uvicorn.Server(config)
         received: list[int] = []
@@ -71,6 +85,17 @@ def serve(
     if received:
         log.info("stopped by %s; requests in flight were answered", signal.strsignal(received[0]))
     return 0
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...], module: str) -> None:
+    """A one-line ConfigError for an unknown `--http`/`--loop` value, or for `module` asked
+    for by name but not installed (uvicorn would fail later, with a traceback)."""
+    if value not in choices:
+        raise ConfigError(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
+    if value == module and importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"--{flag} {module}: {module} is not installed (pip install 'translator[serve]')"
+        )
 
 
 def _bind(host: str, port: int) -> socket.socket:
