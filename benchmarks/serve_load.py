@@ -2,10 +2,12 @@
 
 Starts `translator serve EXPORT` in a subprocess (the server a user runs), then, for each beam
 size and number of concurrent clients, sends `--requests` single-sentence `POST /v1/translate`
-requests from an asyncio httpx client: each of the `c` clients sends its next request as soon
-as its previous one is answered. Reported per setting: latency p50/p95/mean (ms, from sending
-to the full response), throughput (sentences/s over the setting's wall time) and the server's
-dynamic batching (mean sentences per model call, from /health, warm-up included).
+requests from asyncio clients (aiohttp by default, `--client httpx` too): each of the `c`
+clients sends its next request as soon as its previous one is answered. Reported per setting:
+latency p50/p95/mean (ms, from sending to the full response), throughput (sentences/s over the
+setting's wall time), the server's dynamic batching (mean sentences per model call, from
+/health, warm-up included) and the CPU milliseconds per request of the server process and of
+the load generator (which shares the server's cores: what it spends, the server cannot).
 
 With `--unbatched` the highest concurrency is also run against a second server started with
 `--max-batch-size 1` (one sentence per model call), which shows what dynamic batching buys.
@@ -42,6 +44,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import httpx  # noqa: E402
+
+# The load generator: aiohttp spent 0.26-0.31 CPU ms per request at 32 clients, httpx 1.3-1.5,
+# and served 1.17-1.28x the sentences/s against the same server (AVX2 machine, RESULTS.md).
+DEFAULT_CLIENT = "aiohttp"
 
 
 def read_sentences(path: str, limit: int) -> list[str]:
@@ -93,47 +99,113 @@ class Server:
         return stats.get(f"decode_{decoder}", stats.get(decoder, empty))
 
 
-async def load(url: str, sentences: list[str], beam: int, clients: int, requests: int) -> dict:
+class _Clients:
+    """`clients` HTTP clients, each with its own keep-alive connection (a shared pool scans all
+    its connections on every request, which would measure the client library, not the server):
+    httpx (what the tests use) or aiohttp (C-accelerated parsing: less CPU per request, which
+    matters when the load generator shares the server's cores)."""
+
+    def __init__(self, kind: str, url: str, clients: int):
+        self.kind = kind
+        if kind == "httpx":
+            self.sessions = [httpx.AsyncClient(base_url=url, timeout=300) for _ in range(clients)]
+        elif kind == "aiohttp":
+            import aiohttp  # noqa: PLC0415  (an optional load generator)
+
+            self.sessions = [
+                aiohttp.ClientSession(
+                    base_url=url,
+                    timeout=aiohttp.ClientTimeout(total=300),
+                    connector=aiohttp.TCPConnector(limit=1),
+                )
+                for _ in range(clients)
+            ]
+        else:
+            raise ValueError(f"unknown client {kind!r}: httpx or aiohttp")
+
+    async def post(self, i: int, body: dict) -> None:
+        if self.kind == "httpx":
+            response = await self.sessions[i].post("/v1/translate", json=body)
+            response.raise_for_status()
+            return
+        async with self.sessions[i].post("/v1/translate", json=body) as response:
+            await response.read()
+            response.raise_for_status()
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            await (session.aclose() if self.kind == "httpx" else session.close())
+
+
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process `pid` so far (this process when None)."""
+    if pid is None:
+        return time.process_time()
+    import psutil  # noqa: PLC0415  (a dev dependency)
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def load(
+    url: str,
+    sentences: list[str],
+    beam: int,
+    clients: int,
+    requests: int,
+    client: str = DEFAULT_CLIENT,
+    server_pid: int | None = None,
+) -> dict:
     """Warm-up (one request per client), then `requests` single-sentence requests from
-    `clients` concurrent clients, each with its own connection (one httpx client each: a shared
-    pool scans all its connections on every request, which would measure httpx, not the server).
-    """
+    `clients` concurrent clients (`_Clients`). Besides latency and throughput, the CPU
+    milliseconds per request of the load generator (this process) and, given `server_pid`, of
+    the server: on a machine both share, what the generator spends the server cannot."""
     latencies: list[float] = []
 
-    async def client(http: httpx.AsyncClient, counter) -> None:
+    async def one_client(index: int, counter) -> None:
         for i in counter:
             body = {"text": [sentences[i % len(sentences)]], "beam_size": beam}
             start = time.perf_counter()
-            response = await http.post("/v1/translate", json=body)
+            await http.post(index, body)
             latencies.append(time.perf_counter() - start)
-            response.raise_for_status()
 
-    https = [httpx.AsyncClient(base_url=url, timeout=300) for _ in range(clients)]
+    http = _Clients(client, url, clients)
     try:
         warm_up = iter(range(clients))
-        await asyncio.gather(*(client(http, warm_up) for http in https))
+        await asyncio.gather(*(one_client(c, warm_up) for c in range(clients)))
         latencies.clear()
         counter = iter(range(requests))
+        cpu = process_cpu_seconds(), server_pid and process_cpu_seconds(server_pid)
         start = time.perf_counter()
-        await asyncio.gather(*(client(http, counter) for http in https))
+        await asyncio.gather(*(one_client(c, counter) for c in range(clients)))
         wall = time.perf_counter() - start
+        generator_cpu = process_cpu_seconds() - cpu[0]
+        server_cpu = server_pid and process_cpu_seconds(server_pid) - cpu[1]
     finally:
-        for http in https:
-            await http.aclose()
+        await http.close()
     ms = sorted(x * 1000 for x in latencies)
-    return {
+    result = {
+        "client": client,
         "requests": len(ms),
         "p50_ms": round(statistics.median(ms), 1),
         "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1),
         "mean_ms": round(statistics.fmean(ms), 1),
         "sentences_per_s": round(len(ms) / wall, 2),
         "seconds": round(wall, 1),
+        "generator_cpu_ms_per_request": round(generator_cpu * 1000 / len(ms), 2),
     }
+    if server_pid:
+        result["server_cpu_ms_per_request"] = round(server_cpu * 1000 / len(ms), 2)
+    return result
 
 
-def run_setting(server: Server, sentences, beam: int, clients: int, requests: int) -> dict:
+def run_setting(
+    server: Server, sentences, beam: int, clients: int, requests: int, client=DEFAULT_CLIENT
+) -> dict:
     before = server.batching(beam)
-    result = asyncio.run(load(server.url, sentences, beam, clients, requests))
+    result = asyncio.run(
+        load(server.url, sentences, beam, clients, requests, client, server.proc.pid)
+    )
     after = server.batching(beam)
     calls = after["batches"] - before["batches"]  # warm-up included
     result["mean_batch"] = round((after["sentences"] - before["sentences"]) / max(calls, 1), 2)
@@ -209,6 +281,18 @@ def main() -> None:
     parser.add_argument(
         "--unbatched", action="store_true", help="also run the top concurrency unbatched"
     )
+    parser.add_argument(
+        "--client",
+        nargs="+",
+        default=[DEFAULT_CLIENT],
+        choices=("aiohttp", "httpx"),
+        help=f"load generator(s); each setting runs with each in turn (default {DEFAULT_CLIENT})",
+    )
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help='more `translator serve` flags, e.g. "--http h11 --loop asyncio"',
+    )
     args = parser.parse_args()
 
     try:
@@ -225,13 +309,18 @@ def main() -> None:
         str(args.max_batch_size),
         "--max-wait-ms",
         str(args.max_wait_ms),
+        *args.server_args.split(),
     ]
     report = {
         "machine": common.machine(),
         "export": str(Path(args.export).resolve()),
         "sentences_file": args.sentences,
         "requests_per_setting": args.requests,
-        "server": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms},
+        "server": {
+            "max_batch_size": args.max_batch_size,
+            "max_wait_ms": args.max_wait_ms,
+            "args": args.server_args,
+        },
         "results": [],
     }
     rates, batch_rates = in_process(
@@ -243,14 +332,15 @@ def main() -> None:
     with Server(args.export, batching) as server:
         for beam in args.beams:
             for clients in args.clients:
-                row = run_setting(server, sentences, beam, clients, args.requests)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-                report["results"].append(row)
+                for client in args.client:
+                    row = run_setting(server, sentences, beam, clients, args.requests, client)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    report["results"].append(row)
     if args.unbatched:
         top = max(args.clients)
-        with Server(args.export, ["--max-batch-size", "1"]) as server:
+        with Server(args.export, ["--max-batch-size", "1", *args.server_args.split()]) as server:
             for beam in args.beams:
-                row = run_setting(server, sentences, beam, top, args.requests)
+                row = run_setting(server, sentences, beam, top, args.requests, args.client[0])
                 row["unbatched"] = True
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 report["results"].append(row)

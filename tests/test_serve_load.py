@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, HTTPException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -42,3 +54,51 @@ def test_server_sized_batches_translate_in_file_order_at_most_batch_at_a_time():
     rate = serve_load.in_server_batches(Recorder(), sentences, beam=5, batch=3)
     assert calls == [(["s0", "s1", "s2"], 5), (["s3", "s4", "s5"], 5), (["s6"], 5)]
     assert rate > 0
+
+
+@contextlib.contextmanager
+def echo_server():
+    """A loopback server whose /v1/translate echoes the sentences it gets (400 for beam 99)."""
+    seen: list[str] = []
+    app = FastAPI()
+
+    @app.post("/v1/translate")
+    async def translate(body: dict):
+        if body["beam_size"] == 99:
+            raise HTTPException(400, "no such beam")
+        seen.extend(body["text"])
+        return {"translations": [{"text": t} for t in body["text"]]}
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", seen
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+def test_load_sends_every_request_and_reports_cpu_per_request(client):
+    sentences = ["a", "b", "c"]
+    with echo_server() as (url, seen):
+        result = asyncio.run(
+            serve_load.load(url, sentences, 1, 4, 10, client=client, server_pid=os.getpid())
+        )
+        assert result["client"] == client and result["requests"] == 10
+        assert len(seen) == 4 + 10  # one warm-up request per client, then the measured ones
+        assert sorted(seen[4:]) == sorted(sentences[i % 3] for i in range(10))
+        assert result["generator_cpu_ms_per_request"] > 0
+        assert result["server_cpu_ms_per_request"] > 0  # here: this process, server included
+        assert result["p50_ms"] > 0 and result["sentences_per_s"] > 0
+        # a client's error is not a measurement: the load test fails
+        with pytest.raises((httpx.HTTPStatusError, aiohttp.ClientResponseError)):
+            asyncio.run(serve_load.load(url, sentences, 99, 2, 4, client=client))
