@@ -47,6 +47,29 @@ def test_schedule_warms_up_then_reaches_its_floor_at_the_planned_last_step():
     assert float(schedule(109)) > 0.002 * 0.4
 
 
+def test_a_decay_share_holds_the_peak_then_reaches_the_floor_at_the_planned_last_step():
+    schedule = BudgetSchedule(base=0.002, warmup_steps=10, decay=0.2)
+    schedule.total_steps.assign(110)  # 100 updates after warm-up: the last 20 decay
+    rates = [float(schedule(step)) for step in range(0, 120)]
+    assert rates[0] == pytest.approx(0.002 / 10)
+    assert all(r == pytest.approx(0.002) for r in rates[9:90])  # held up to update 90
+    assert all(a > b for a, b in zip(rates[89:109], rates[90:110], strict=False))  # decays
+    assert rates[99] == pytest.approx(0.002 * (FLOOR + (1 - FLOOR) * 0.5), rel=1e-5)  # halfway
+    assert rates[109] == pytest.approx(0.002 * FLOOR)
+    assert rates[119] == pytest.approx(0.002 * FLOOR)
+    schedule.total_steps.assign(210)  # a re-plan moves the decay to the new end
+    assert float(schedule(150)) == pytest.approx(0.002)
+    assert float(schedule(209)) == pytest.approx(0.002 * FLOOR)
+
+
+def test_a_decay_share_outside_0_to_1_is_a_config_error():
+    from translator.config import load_config
+
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(ConfigError, match="budget_decay"):
+            load_config(None, [f"train.budget_decay={bad}", "train.time_budget=30"])
+
+
 def test_planner_fills_what_is_left_after_the_reserve():
     planner = BudgetPlanner(budget_seconds=1000.0, spent_before=100.0, started=0.0)
     planner.elapsed = lambda: 400.0  # type: ignore[method-assign]

@@ -112,6 +112,10 @@ class TrainConfig:
     # minutes for the whole `translator train` process; the trainer plans its updates and
     # anneals the learning rate to the end of the budget (0 = off: train for epochs/max_steps)
     time_budget: float = 0.0
+    # the share of a budgeted run's updates after warm-up over which the rate decays (cosine,
+    # to 1% at the planned end): 1 = from the end of warm-up; 0.3 = the peak is held for the
+    # first 70% (a warm-up-stable-decay schedule)
+    budget_decay: float = 1.0
     jit_compile: bool = False  # XLA for the train step (batches then padded to fixed shapes)
     packed_loss: bool = True  # vocabulary projection + softmax only at real (non-pad) tokens
     bucket_width: int = 8  # length buckets are multiples of this many pieces
@@ -374,6 +378,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             "config key 'train.dropout_by_epochs' must list [epochs, dropout] pairs with "
             f"increasing positive epochs and dropout in [0, 1), got {[list(p) for p in table]}"
+        )
+    if not 0.0 < config.train.budget_decay <= 1.0:
+        raise ConfigError(
+            f"config key 'train.budget_decay' must be in (0, 1], got {config.train.budget_decay}"
         )
     if not 0.0 <= config.train.label_smoothing < 1.0:
         raise ConfigError(

@@ -63,7 +63,9 @@ class LearningRate(Schedule):
 
 
 class BudgetSchedule(Schedule):
-    """Linear warm-up to `base`, then cosine decay to `floor * base` at update `total_steps`.
+    """Linear warm-up to `base`, then cosine decay to `floor * base` at update `total_steps`;
+    with `decay` < 1 the rate stays at `base` until the last `decay` share of the updates
+    after warm-up, and decays over those.
 
     The plan of a time-budgeted run (see budget.py) lives here, in the training checkpoint:
     `total_steps`, the planned last update, which the planner re-assigns as it measures the
@@ -71,10 +73,13 @@ class BudgetSchedule(Schedule):
     used up to the checkpoint, so a resumed run continues the same budget.
     """
 
-    def __init__(self, base: float, warmup_steps: int, floor: float = BUDGET_FLOOR):
+    def __init__(
+        self, base: float, warmup_steps: int, floor: float = BUDGET_FLOOR, decay: float = 1.0
+    ):
         self.base = base
         self.warmup_steps = warmup_steps
         self.floor = floor
+        self.decay = decay
         self.scale = tf.Variable(1.0, trainable=False, dtype=tf.float32, name="lr_scale")
         self.total_steps = tf.Variable(
             2**40, trainable=False, dtype=tf.int64, name="budget_total_steps"
@@ -87,12 +92,18 @@ class BudgetSchedule(Schedule):
         step = tf.cast(step, tf.float32) + 1.0
         warmup = float(max(self.warmup_steps, 1))
         total = tf.maximum(tf.cast(self.total_steps, tf.float32), warmup + 1.0)
-        progress = tf.clip_by_value((step - warmup) / (total - warmup), 0.0, 1.0)
+        start = total - self.decay * (total - warmup)  # the decay's first update
+        progress = tf.clip_by_value((step - start) / (total - start), 0.0, 1.0)
         decay = self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
         return self.base * tf.minimum(1.0, step / warmup) * decay * self.scale
 
     def get_config(self) -> dict:
-        return {"base": self.base, "warmup_steps": self.warmup_steps, "floor": self.floor}
+        return {
+            "base": self.base,
+            "warmup_steps": self.warmup_steps,
+            "floor": self.floor,
+            "decay": self.decay,
+        }
 
     def checkpoint_variables(self) -> dict[str, tf.Variable]:
         return {
@@ -109,5 +120,5 @@ def make_schedule(config: TrainConfig) -> Schedule:
     Call it under the strategy's scope (its variables are then mirrored like the model's).
     """
     if config.time_budget:
-        return BudgetSchedule(config.learning_rate, config.warmup_steps)
+        return BudgetSchedule(config.learning_rate, config.warmup_steps, decay=config.budget_decay)
     return LearningRate(config.learning_rate, config.warmup_steps, config.lr_schedule)
