@@ -1,13 +1,39 @@
-"""Helpers shared by the fuzz, security and soak tests: raw HTTP
-requests (bytes exactly as given, no client-side URL normalisation) and a Python audit hook
-recording which files and code a block of code touches."""
+"""Helpers shared by the serving, fuzz, security and soak tests: a uvicorn server in a thread,
+raw HTTP requests (bytes exactly as given, no client-side URL normalisation) and a Python audit
+hook recording which files and code a block of code touches."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app, **config) -> Iterator[str]:
+    """Runs `app` with uvicorn (more `uvicorn.Config` arguments in `config`) in a thread on a
+    free loopback port; yields its base URL and stops it on exit."""
+    import uvicorn  # noqa: PLC0415
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    # log_config=None: uvicorn would otherwise reconfigure logging and break pytest's caplog.
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
 
 
 def free_port() -> int:

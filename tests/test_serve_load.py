@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, HTTPException
+from hardening import uvicorn_in_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -69,21 +66,8 @@ def echo_server():
         seen.extend(body["text"])
         return {"translations": [{"text": t} for t in body["text"]]}
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", seen
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with uvicorn_in_thread(app) as url:
+        yield url, seen
 
 
 @pytest.mark.parametrize("client", ["aiohttp", "httpx"])

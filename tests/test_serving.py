@@ -10,13 +10,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from hardening import uvicorn_in_thread
 
 from translator.api import Translator
 from translator.cli import build_parser
@@ -37,24 +36,8 @@ SETTINGS = ServeSettings(
 def running(app, **config):
     """Runs `app` with uvicorn (more `uvicorn.Config` arguments in `config`) in a thread on a
     free loopback port; yields an httpx client."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    # log_config=None: uvicorn would otherwise reconfigure logging and break pytest's caplog.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", **config))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with uvicorn_in_thread(app, **config) as url, httpx.Client(base_url=url, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
