@@ -175,12 +175,14 @@ async def load(
         await asyncio.gather(*(one_client(c, warm_up) for c in range(clients)))
         latencies.clear()
         counter = iter(range(requests))
-        cpu = process_cpu_seconds(), server_pid and process_cpu_seconds(server_pid)
+        generator_cpu = process_cpu_seconds()
+        server_cpu = process_cpu_seconds(server_pid) if server_pid else 0.0
         start = time.perf_counter()
         await asyncio.gather(*(one_client(c, counter) for c in range(clients)))
         wall = time.perf_counter() - start
-        generator_cpu = process_cpu_seconds() - cpu[0]
-        server_cpu = server_pid and process_cpu_seconds(server_pid) - cpu[1]
+        generator_cpu = process_cpu_seconds() - generator_cpu
+        if server_pid:
+            server_cpu = process_cpu_seconds(server_pid) - server_cpu
     finally:
         await http.close()
     ms = sorted(x * 1000 for x in latencies)
