@@ -137,6 +137,18 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def ms_per_iteration(run, arg, repeats: int, iterations: int) -> float:
+    """Milliseconds per iteration of `run(arg)`, a traced function that loops `iterations`
+    times and returns a tensor: one warm-up call, then the median over `repeats` calls."""
+    run(arg).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(arg).numpy()
+        times.append((time.perf_counter() - start) / iterations * 1e3)
+    return median(times)
+
+
 def with_overrides(base: dict, overrides: dict, **train) -> dict:
     """A config dict: `base` with a variant's overrides (`train` keys, `model.KEY` keys) and
     then `train` applied."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -74,13 +73,7 @@ def time_product(multiply, x: tf.Tensor, repeats: int) -> float:
 
         return tf.while_loop(lambda i, _: i < 100, body, (0, x))[1]
 
-    run(x).numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(x).numpy()
-        times.append((time.perf_counter() - start) / 100 * 1e3)
-    return common.median(times)
+    return common.ms_per_iteration(run, x, repeats, 100)
 
 
 def main(argv: list[str] | None = None) -> dict:
