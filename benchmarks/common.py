@@ -137,6 +137,15 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
+    """'lstm=1024x2048,output=256x8000' -> {'lstm': (1024, 2048), 'output': (256, 8000)}."""
+    shapes = {}
+    for item in spec.split(","):
+        name, dims = item.split("=")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    return shapes
+
+
 def ms_per_iteration(run, arg, repeats: int, iterations: int) -> float:
     """Milliseconds per iteration of `run(arg)`, a traced function that loops `iterations`
     times and returns a tensor: one warm-up call, then the median over `repeats` calls."""

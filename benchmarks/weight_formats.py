@@ -88,10 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed loops per measurement")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
-    shapes = {}
-    for item in args.shapes.split(","):
-        name, dims = item.split("=")
-        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    shapes = common.parse_shapes(args.shapes)
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
         for name, (n_in, n_out) in shapes.items():
