@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,3 +87,22 @@ def test_load_sends_every_request_and_reports_cpu_per_request(client):
         # a client's error is not a measurement: the load test fails
         with pytest.raises((httpx.HTTPStatusError, aiohttp.ClientResponseError)):
             asyncio.run(serve_load.load(url, sentences, 99, 2, 4, client=client))
+
+
+def test_cpu_of_another_process_agrees_with_its_own_clock_to_the_millisecond():
+    # /proc's tick counts move in 10 ms steps: a short load would read as 0 ms per request
+    spin = (
+        "import sys, time\n"
+        "while time.process_time() < 0.15: pass\n"
+        "print(time.process_time(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", spin], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        own = float(child.stdout.readline())
+        seen = serve_load.process_cpu_seconds(child.pid)
+        assert own <= seen < own + 0.005  # only the print and the read ran in between
+    finally:
+        child.communicate("")
