@@ -179,7 +179,7 @@ def test_recurrence_gradients_match_autodiff_of_the_cell():
     _assert_all_close(results[1], results[0], atol=1e-5)
 
 
-def test_step_matmul_gives_the_weight_gradient_of_per_step_matmuls():
+def test_step_matmul_gives_the_gradients_of_per_step_matmuls():
     inputs = _normal(TIME, BATCH, 3, seed=1)  # a_t, [time, batch, k]
     offsets = _normal(TIME, BATCH, 8, seed=2)
     weight = _normal(3, 8, seed=3)
@@ -195,7 +195,7 @@ def test_step_matmul_gives_the_weight_gradient_of_per_step_matmuls():
             )
             for t in range(TIME):
                 a = tf.tanh(inputs[t])
-                z = a @ (step.weight if fused else weight) + offset_ta.read(t)
+                z = (step.multiply(a) if fused else a @ weight) + offset_ta.read(t)
                 outs = outs.write(t, tf.sin(z))
             if fused:
                 step.set_inputs(tf.tanh(inputs))

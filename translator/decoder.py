@@ -315,7 +315,7 @@ class Decoder(keras.layers.Layer):
         def matmul(i, t, a, arrays):  # plans[i] at step t; a: [batch, k]
             arrays[f"a{i}"] = arrays[f"a{i}"].write(t, a)
             offsets = offset_tas[i].read(t)
-            return ops.cast(ops.matmul(a, plans[i].weight), offsets.dtype) + offsets
+            return ops.cast(plans[i].multiply(a), offsets.dtype) + offsets
 
         def body(t, carry, arrays):
             arrays, new = dict(arrays), {}

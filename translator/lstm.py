@@ -391,7 +391,8 @@ class StepMatmul:
     every step. Here the loop multiplies by `weight` under `stop_gradient` and adds
     `offsets[t]`; the gradient reaching `offsets` is every step's `dz` `[time, batch, n]`, and
     its custom gradient returns `inputs^T @ dz` for the weight, `inputs` being the `a_t` the
-    loop recorded (`set_inputs`, after the loop). Gradients for `a_t` still flow per step.
+    loop recorded (`set_inputs`, after the loop). Gradients for `a_t` still flow per step
+    (`multiply`, the loop's product).
 
     Args:
         weight: `[k, n]`, e.g. `concat([kernel_fed_rows, recurrent_kernel])`, already cast.
@@ -401,8 +402,24 @@ class StepMatmul:
 
     def __init__(self, weight, offsets):
         self.weight = tf.stop_gradient(weight)  # [k, n]
+        # a_t's gradient dz @ weight^T at every step, from a transpose stored once: with the
+        # transposed operand in each step's matmul it ran 2.3x slower on an AVX2 CPU (RESULTS.md)
+        self._weight_t = tf.transpose(self.weight)  # [n, k]
         self._inputs = None
         self.offsets = self._tap(weight, offsets)  # [time, batch, n]
+
+    def multiply(self, a):
+        """`a @ weight` at one step, `a` `[batch, k]`; its gradient uses the stored transpose."""
+        weight, weight_t = self.weight, self._weight_t
+
+        @tf.custom_gradient
+        def step(a):
+            def grad(dz):
+                return tf.matmul(tf.cast(dz, weight_t.dtype), weight_t)  # [batch, k]
+
+            return tf.matmul(a, weight), grad
+
+        return step(a)
 
     def _tap(self, weight, offsets):
         @tf.custom_gradient
