@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -135,6 +136,13 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - start, result
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of a text file (gzip-compressed when it ends in .gz), stripped."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [line.strip() for line in f]
 
 
 def parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:

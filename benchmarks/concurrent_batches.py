@@ -16,7 +16,6 @@ the config's `decode.batch_size`). Every layout's translations are checked again
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import queue
 import statistics
@@ -85,9 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    opener = gzip.open if args.source.endswith(".gz") else open
-    with opener(args.source, "rt", encoding="utf-8") as f:
-        sentences = [line.strip() for line in f][: args.sentences]
+    sentences = common.read_lines(args.source)[: args.sentences]
     translator = Translator.load(args.model)
     for _, batch in args.layouts:  # trace and warm up each batch shape once
         translator.translate(sentences[:batch], beam_size=args.beam)

@@ -16,7 +16,6 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -38,9 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--single-calls", type=int, default=20, help="one-sentence calls a round")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
-    opener = gzip.open if args.source.endswith(".gz") else open
-    with opener(args.source, "rt", encoding="utf-8") as f:
-        sources = [line.strip() for line in f]
+    sources = common.read_lines(args.source)
     translators = {
         "inproc_float32": Translator.from_model_dir(args.model_dir, precision="float32"),
         "inproc_bf16": Translator.from_model_dir(args.model_dir, precision="bfloat16"),

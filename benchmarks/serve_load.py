@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import os
 import socket
@@ -51,10 +50,8 @@ DEFAULT_CLIENT = "aiohttp"
 
 
 def read_sentences(path: str, limit: int) -> list[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        lines = [line.strip() for line in handle if line.strip()]
-    return lines[:limit]
+    """The first `limit` non-empty lines of `path`, stripped."""
+    return [line for line in common.read_lines(path) if line][:limit]
 
 
 def free_port() -> int:
