@@ -96,6 +96,8 @@ def test_unknown_key_names_dotted_key(tmp_path, text, key):
         ("train:\n  batch_size: 2.5\n", "train.batch_size", "2.5"),
         ("model:\n  bridge: 3\n", "model.bridge", "3"),
         ("data:\n  train: [a, b]\n", "data.train", r"\['a', 'b'\]"),
+        ("model:\n  attentional_dim: 256\n", "model.attentional_dim", "256 with attention 'none'"),
+        ("model:\n  attention: luong\n  attentional_dim: -1\n", "model.attentional_dim", "-1"),
     ],
 )
 def test_wrong_type_names_key_and_value(tmp_path, text, key, value):

@@ -267,6 +267,7 @@ MODELS = {
     "none": dict(encoder_layers=2, decoder_layers=2),
     "luong": dict(attention="luong", decoder_layers=2, dropout=0.3),
     "bahdanau": dict(attention="bahdanau", bridge=True, decoder_units=6),
+    "luong-narrow-feed": dict(attention="luong", attentional_dim=8, tie_embeddings=True),
 }
 
 

@@ -66,6 +66,8 @@ CONFIGS = {
     "layers_1_3": dict(encoder_layers=1, decoder_layers=3, attention="luong"),
     "tied_same_width": dict(embedding_dim=16, tie_embeddings=True),
     "tied_projected": dict(tie_embeddings=True, attention="luong", bridge=True, decoder_units=6),
+    "narrow_feed": dict(attention="bahdanau", attentional_dim=5),
+    "narrow_feed_tied": dict(attention="luong", attentional_dim=8, tie_embeddings=True),
 }
 
 
@@ -84,6 +86,7 @@ def test_shapes_and_state_contract(name):
     if model.attention != "none":
         assert state["memory"].shape == (batch, SOURCE.shape[1], 2 * model.units)
         assert state["memory_mask"].dtype == tf.bool
+        assert state["feed"].shape == (batch, model.attentional_dim or width)
     log_probs, new_state = model.decode_step(tf.fill([batch], 2), state)
     assert log_probs.shape == (batch, TGT_VOCAB) and log_probs.dtype == tf.float32
     np.testing.assert_allclose(tf.reduce_logsumexp(log_probs, -1), 0.0, atol=1e-5)
@@ -158,8 +161,9 @@ def test_attention_layer_alone():
         dict(attention="none", encoder_layers=2, decoder_layers=2),
         dict(attention="luong", bridge=True, decoder_units=12, decoder_layers=2),
         dict(attention="bahdanau", tie_embeddings=True),
+        dict(attention="luong", attentional_dim=8, tie_embeddings=True, decoder_layers=2),
     ],
-    ids=["none", "luong", "bahdanau"],
+    ids=["none", "luong", "bahdanau", "luong-narrow-feed"],
 )
 def test_teacher_forcing_matches_stepped_decoding(kwargs):
     model = tiny(**kwargs)
@@ -245,6 +249,19 @@ def test_invalid_arguments_raise():
         Seq2Seq(10, 10, units=4, decoder_units=6)
     with pytest.raises(ValueError, match="attention"):
         Seq2Seq(10, 10, attention="dot")
+    with pytest.raises(ValueError, match="attentional_dim"):
+        Seq2Seq(10, 10, attentional_dim=4)  # no attention: nothing to narrow
+
+
+def test_narrow_attentional_vector_at_the_embedding_width_needs_no_map_to_the_tied_matrix():
+    wide = tiny(attention="luong", tie_embeddings=True)  # decoder 16, embeddings 8
+    narrow = tiny(attention="luong", tie_embeddings=True, attentional_dim=8)
+    assert hasattr(wide.decoder, "pre_output") and not hasattr(narrow.decoder, "pre_output")
+    assert narrow.decoder.combine.kernel.shape == (16 + 16, 8)  # [memory + units, feed]
+    assert narrow.decoder.cells[0].kernel.shape == (8 + 8, 4 * 16)  # [emb + feed, 4u]
+    assert narrow.count_params() < wide.count_params()
+    rebuilt = Seq2Seq.from_config(narrow.get_config())
+    assert rebuilt.get_config()["attentional_dim"] == 8
 
 
 def test_tiny_model_overfits_a_few_pairs():

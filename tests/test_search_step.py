@@ -26,6 +26,8 @@ VARIANTS = {
         "bridge": True,
         "decoder_units": 12,
     },
+    # the attentional vector at the embedding width: tied without a map to it
+    "luong-tied-narrow-feed": {"attention": "luong", "tie_embeddings": True, "attentional_dim": 16},
 }
 
 

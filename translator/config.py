@@ -77,6 +77,9 @@ class ModelConfig:
     dropout: float = 0.0  # on embeddings and between layers (never recurrent: keeps cuDNN)
     attention: str = "none"  # none | luong | bahdanau
     tie_embeddings: bool = False  # share target embedding matrix with the output projection
+    # with attention: width of the attentional vector tanh(W [context; h]) that is fed to the
+    # next step and projected to the vocabulary; 0 = the decoder's width
+    attentional_dim: int = 0
     lstm: str = "auto"  # auto (fast on CPU, keras on GPU) | fast | keras: same weights
 
 
@@ -400,6 +403,14 @@ def _validate(config: Config) -> None:
             "config key 'model.decoder_units' must equal 2 * model.units without a bridge "
             "(the context vector is the decoder's initial state); set model.bridge=true"
         ) from None
+    if config.model.attentional_dim < 0 or (
+        config.model.attentional_dim and config.model.attention == "none"
+    ):
+        raise ConfigError(
+            "config key 'model.attentional_dim' must be 0, or > 0 with model.attention luong "
+            f"or bahdanau, got {config.model.attentional_dim} with "
+            f"attention {config.model.attention!r}"
+        )
     train = config.train
     if train.max_steps == 0 and train.epochs == 0 and not train.time_budget:
         raise ConfigError("set 'train.time_budget', 'train.max_steps' or 'train.epochs' (all 0)")

@@ -49,9 +49,12 @@ class Decoder(keras.layers.Layer):
         dropout: rate on the embeddings, between layers and before the projection.
         attention: "none", "luong" or "bahdanau".
         tie_embeddings: reuse the embedding matrix as the output projection (after a linear map
-            to `embedding_dim` when `units` differs).
+            to `embedding_dim` when `output_width` differs).
         memory_dim: width of the encoder memory (needed with attention).
         lstm: LSTM loop, "auto", "fast" or "keras" (`translator.lstm.LSTM`'s `kind`).
+        attentional_dim: with attention, the width of the attentional vector `feed` (the input
+            fed to the next step and the vocabulary projection's input); 0 means `units`. At
+            `embedding_dim` with tied embeddings, the projection needs no linear map first.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Decoder(keras.layers.Layer):
         tie_embeddings: bool = False,
         memory_dim: int = 0,
         lstm: str = "auto",
+        attentional_dim: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -72,6 +76,8 @@ class Decoder(keras.layers.Layer):
             raise ValueError(f"attention must be none, luong or bahdanau, got {attention!r}")
         if attention != "none" and memory_dim <= 0:
             raise ValueError("memory_dim must be positive with attention")
+        if attentional_dim < 0 or (attentional_dim and attention == "none"):
+            raise ValueError("attentional_dim must be 0, or positive with attention")
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.units = units
@@ -81,6 +87,7 @@ class Decoder(keras.layers.Layer):
         self.tie_embeddings = tie_embeddings
         self.memory_dim = memory_dim
         self.lstm = lstm
+        self.attentional_dim = attentional_dim
         self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")
         self.drop = keras.layers.Dropout(dropout)
         for i in range(num_layers):
@@ -92,13 +99,24 @@ class Decoder(keras.layers.Layer):
         if attention != "none":
             self.attention_layer = Attention(units, attention, name="attention")
             self.combine = keras.layers.Dense(
-                units, activation="tanh", use_bias=False, name="combine"
+                self.feed_dim, activation="tanh", use_bias=False, name="combine"
             )
         if tie_embeddings:
-            if units != embedding_dim:
+            if self.output_width != embedding_dim:
                 self.pre_output = keras.layers.Dense(embedding_dim, name="pre_output")
         else:
             self.output_dense = keras.layers.Dense(vocab_size, name="output_dense")
+
+    @property
+    def feed_dim(self) -> int:
+        """Width of the attentional vector fed to the next step (0 without attention)."""
+        return 0 if self.attention == "none" else self.attentional_dim or self.units
+
+    @property
+    def output_width(self) -> int:
+        """Width of what the vocabulary projection reads: the attentional vector, or the top
+        LSTM's output without attention."""
+        return self.feed_dim or self.units
 
     @property
     def rnns(self) -> list[LSTM]:
@@ -113,9 +131,8 @@ class Decoder(keras.layers.Layer):
     def build(self, input_shape):
         # Everything is built here, not lazily, so no variable is created in the while loop.
         _build(self.embedding, (None, None))
-        feed = 0 if self.attention == "none" else self.units
         for i in range(self.num_layers):
-            in_dim = self.embedding_dim + feed if i == 0 else self.units
+            in_dim = self.embedding_dim + self.feed_dim if i == 0 else self.units
             if self.attention == "none":
                 _build(self.rnns[i], (None, None, in_dim))
             else:
@@ -124,13 +141,13 @@ class Decoder(keras.layers.Layer):
             _build(self.attention_layer, (None, self.units), (None, None, self.memory_dim))
             _build(self.combine, (None, self.units + self.memory_dim))
         if self.tie_embeddings:
-            if self.units != self.embedding_dim:
-                _build(self.pre_output, (None, self.units))
+            if self.output_width != self.embedding_dim:
+                _build(self.pre_output, (None, self.output_width))
             self.output_bias = self.add_weight(
                 shape=(self.vocab_size,), initializer="zeros", name="output_bias"
             )
         else:
-            _build(self.output_dense, (None, self.units))
+            _build(self.output_dense, (None, self.output_width))
 
     def initial_state(self, contexts, memory=None, memory_mask=None) -> dict:
         """Flat state dict from per-layer `(h, c)` `[batch, units]` and the encoder memory."""
@@ -141,12 +158,13 @@ class Decoder(keras.layers.Layer):
             state["memory"] = memory  # [batch, src, memory_dim]
             state["keys"] = self.attention_layer.keys(memory)  # [batch, src, units]
             state["memory_mask"] = ops.cast(memory_mask, "bool")  # [batch, src]
-            state["feed"] = ops.zeros_like(contexts[0][0])  # [batch, units]
+            h = contexts[0][0]
+            state["feed"] = ops.zeros((ops.shape(h)[0], self.feed_dim), h.dtype)  # [batch, feed]
             state["attention"] = ops.zeros(ops.shape(memory_mask), "float32")  # [batch, src]
         return state
 
     def project(self, x):
-        """Float32 logits `[..., vocab]` from decoder outputs `[..., units]`.
+        """Float32 logits `[..., vocab]` from decoder outputs `[..., output_width]`.
 
         In bfloat16 the vocabulary bias is added after the cast to float32: TensorFlow fuses a
         matmul with the add that follows it, and its fused bfloat16 kernel ran 2 to 4 times
@@ -155,7 +173,7 @@ class Decoder(keras.layers.Layer):
         `Dense` does.
         """
         if self.tie_embeddings:
-            if self.units != self.embedding_dim:
+            if self.output_width != self.embedding_dim:
                 x = self.pre_output(x)
             matrix = ops.transpose(ops.cast(self.embedding.embeddings, x.dtype))  # [emb, vocab]
             bias = self.output_bias
@@ -168,7 +186,7 @@ class Decoder(keras.layers.Layer):
     def _attend(self, emb, state, masks=None, training=False):
         """One input-feeding step; `masks` are this step's between-layer dropout masks."""
         new = dict(state)
-        x = ops.concatenate([emb, ops.cast(state["feed"], emb.dtype)], -1)  # [batch, emb+units]
+        x = ops.concatenate([emb, ops.cast(state["feed"], emb.dtype)], -1)  # [batch, emb + feed]
         for i, cell in enumerate(self.cells):
             if i > 0 and masks is not None:
                 x = x * masks[i - 1]
@@ -204,9 +222,9 @@ class Decoder(keras.layers.Layer):
     def features(self, target_in, state, training=False):
         """Teacher-forced outputs before the vocabulary projection.
 
-        Returns `(features [batch, tgt, units], weights)`, weights being the float32 attention
-        `[batch, tgt, src]` or None; `project(features)` equals `call`'s logits. The trainer
-        projects only the features of real (non-pad) target tokens.
+        Returns `(features [batch, tgt, output_width], weights)`, weights being the float32
+        attention `[batch, tgt, src]` or None; `project(features)` equals `call`'s logits. The
+        trainer projects only the features of real (non-pad) target tokens.
         """
         x = self.drop(self.embedding(target_in), training=training)  # [batch, tgt, emb]
         if self.attention == "none":
@@ -259,7 +277,7 @@ class Decoder(keras.layers.Layer):
             (tf.constant(0), carried, feed_ta, weight_ta),
             maximum_iterations=steps,
         )
-        feeds = ops.transpose(feed_ta.stack(), (1, 0, 2))  # [batch, tgt, units]
+        feeds = ops.transpose(feed_ta.stack(), (1, 0, 2))  # [batch, tgt, feed]
         weights = ops.transpose(weight_ta.stack(), (1, 0, 2))  # [batch, tgt, src]
         return feeds, weights
 
@@ -277,14 +295,14 @@ class Decoder(keras.layers.Layer):
         for i, cell in enumerate(self.cells):
             kernel, recurrent = ops.cast(cell.kernel, dtype), ops.cast(cell.recurrent_kernel, dtype)
             if i == 0:  # split, not sliced: the gradient of a split is a cheap concat
-                emb_rows, kernel = tf.split(kernel, [self.embedding_dim, self.units], 0)
+                emb_rows, kernel = tf.split(kernel, [self.embedding_dim, self.feed_dim], 0)
                 offsets = project(inputs, emb_rows, ops.cast(cell.bias, dtype))  # [tgt, b, 4u]
             else:
                 offsets = ops.broadcast_to(cell.bias, (steps, batch, 4 * self.units))
             weight = ops.concatenate([kernel, recurrent], 0)  # [in + units, 4u]
             plans.append(StepMatmul(weight, ops.cast(offsets, "float32")))
-        combine = ops.cast(self.combine.kernel, dtype)  # [memory + units, units]
-        plans.append(StepMatmul(combine, ops.zeros((steps, batch, self.units), dtype)))
+        combine = ops.cast(self.combine.kernel, dtype)  # [memory + units, feed]
+        plans.append(StepMatmul(combine, ops.zeros((steps, batch, self.feed_dim), dtype)))
         return plans
 
     def _teacher_force_fast(self, x, state, training):
@@ -341,7 +359,7 @@ class Decoder(keras.layers.Layer):
         )
         for i, plan in enumerate(plans):
             plan.set_inputs(arrays[f"a{i}"].stack())  # [tgt, batch, k]
-        feeds = ops.transpose(arrays["feed"].stack(), (1, 0, 2))  # [batch, tgt, units]
+        feeds = ops.transpose(arrays["feed"].stack(), (1, 0, 2))  # [batch, tgt, feed]
         weights = ops.transpose(arrays["attention"].stack(), (1, 0, 2))  # [batch, tgt, src]
         return feeds, weights
 
@@ -357,5 +375,6 @@ class Decoder(keras.layers.Layer):
             tie_embeddings=self.tie_embeddings,
             memory_dim=self.memory_dim,
             lstm=self.lstm,
+            attentional_dim=self.attentional_dim,
         )
         return config

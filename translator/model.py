@@ -40,6 +40,8 @@ class Seq2Seq(keras.Model):
         dropout: rate on embeddings and between layers (never recurrent: keeps cuDNN).
         attention: "none", "luong" or "bahdanau" (both with input feeding).
         tie_embeddings: share the target embedding matrix with the output projection.
+        attentional_dim: with attention, the width of the attentional vector (fed to the next
+            step, projected to the vocabulary); 0 means the decoder's width.
         lstm: LSTM loop, "auto" (the project's on CPU, Keras's cuDNN on a GPU), "fast" or
             "keras"; the weights and checkpoints are the same for all three.
     """
@@ -58,6 +60,7 @@ class Seq2Seq(keras.Model):
         attention: str = "none",
         tie_embeddings: bool = False,
         lstm: str = "auto",
+        attentional_dim: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -76,6 +79,7 @@ class Seq2Seq(keras.Model):
         self.attention = attention
         self.tie_embeddings = tie_embeddings
         self.lstm = lstm
+        self.attentional_dim = attentional_dim
         self.encoder = Encoder(
             source_vocab_size, embedding_dim, units, encoder_layers, dropout, lstm, name="encoder"
         )
@@ -91,6 +95,7 @@ class Seq2Seq(keras.Model):
             tie_embeddings,
             memory_dim=2 * units,
             lstm=lstm,
+            attentional_dim=attentional_dim,
             name="decoder",
         )
 
@@ -216,6 +221,7 @@ class Seq2Seq(keras.Model):
             attention=self.attention,
             tie_embeddings=self.tie_embeddings,
             lstm=self.lstm,
+            attentional_dim=self.attentional_dim,
         )
         return config
 
@@ -242,6 +248,7 @@ def build_model(config: ModelConfig, source_vocab_size: int, target_vocab_size: 
         attention=config.attention,
         tie_embeddings=config.tie_embeddings,
         lstm=config.lstm,
+        attentional_dim=config.attentional_dim,
         name="seq2seq",
     )
     dummy = tf.ones((1, 2), tf.int32)  # [batch, time], no padding
