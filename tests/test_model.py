@@ -253,10 +253,11 @@ def test_invalid_arguments_raise():
         Seq2Seq(10, 10, attentional_dim=4)  # no attention: nothing to narrow
 
 
-def test_narrow_attentional_vector_at_the_embedding_width_needs_no_map_to_the_tied_matrix():
+def test_narrow_attentional_vector_is_fed_back_and_mapped_to_the_tied_matrix():
     wide = tiny(attention="luong", tie_embeddings=True)  # decoder 16, embeddings 8
     narrow = tiny(attention="luong", tie_embeddings=True, attentional_dim=8)
-    assert hasattr(wide.decoder, "pre_output") and not hasattr(narrow.decoder, "pre_output")
+    assert wide.decoder.pre_output.kernel.shape == (16, 8)
+    assert narrow.decoder.pre_output.kernel.shape == (8, 8)  # a map even at the same width
     assert narrow.decoder.combine.kernel.shape == (16 + 16, 8)  # [memory + units, feed]
     assert narrow.decoder.cells[0].kernel.shape == (8 + 8, 4 * 16)  # [emb + feed, 4u]
     assert narrow.count_params() < wide.count_params()

@@ -63,7 +63,7 @@ def _weights(decoder: Decoder) -> dict:
         w["combine"] = cast_t(decoder.combine.kernel)
         w["attention"] = decoder.attention_layer.cast_weights()
     if decoder.tie_embeddings:
-        if decoder.output_width != decoder.embedding_dim:
+        if decoder.maps_output:
             kernel, bias = decoder.pre_output.kernel, decoder.pre_output.bias
             w["pre_output"] = (cast_t(kernel), ops.cast(bias, dtype))
         kernel, bias = ops.cast(decoder.embedding.embeddings, dtype), decoder.output_bias
