@@ -116,12 +116,12 @@ def check_same_model(init_config: Config, config: Config) -> None:
 
 
 def _shape_keys(model: ModelConfig) -> dict:
-    """The model keys that fix the variables, `decoder_units` (0 = 2 * units) and
-    `attentional_dim` (0 = the decoder's width) resolved."""
+    """The model keys that fix the variables, `decoder_units` resolved (0 = 2 * units).
+
+    `attentional_dim` is compared as written: 0 and the decoder's width give the same vector,
+    but with tied embeddings only a set value adds the `pre_output` map."""
     keys = {k: v for k, v in dataclasses.asdict(model).items() if k not in FREE_MODEL_KEYS}
     keys["decoder_units"] = decoder_width(model.units, model.decoder_units, model.bridge)
-    if model.attention != "none":  # 0 = the decoder's width
-        keys["attentional_dim"] = model.attentional_dim or keys["decoder_units"]
     return keys
 
 
